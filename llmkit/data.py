@@ -1,0 +1,444 @@
+"""The data stage: a raw crawl in, clean deduplicated documents, a tokenizer and packed blocks out.
+
+    raw corpus ─ normalise ─ Gopher repetition ─ Gopher quality ─ C4 ─ FineWeb ─ exact dedup
+               ─ MinHash near-dedup ─ PII redaction ─ train BPE ─ pack into blocks
+
+The order and the thresholds are FineWeb's (Penedo et al., 2024), which adopted Gopher's quality and
+repetition rules (Rae et al., 2021) and C4's line rules (Raffel et al., 2020) minus C4's "every line ends in
+punctuation" rule, which removes too much good text. The filters, the PII formatter and the normaliser
+are datatrove blocks: `datatrove_pipeline(config)` returns them as a list that runs unchanged on
+datatrove's local, Slurm or Ray executors when a corpus outgrows a notebook. On notebook-sized corpora the
+stage runs the same blocks in-process, document by document, so that every removed or changed document
+keeps the rule and the reason (the inspector in `widgets/` shows them).
+
+Near-duplicate detection uses datasketch's MinHash LSH with a verification step: LSH proposes candidate
+pairs, and a pair counts as a duplicate only if the true Jaccard similarity of their word 5-gram sets
+reaches `minhash_threshold`. (datatrove's MinHash stages are the cluster-scale path; on a few thousand
+documents datasketch was faster and more precise here — see BENCHMARKS.md.)
+
+Files in `runs/<name>/data/`: documents.jsonl (kept, final text), removed.jsonl (text, rule, reason,
+duplicate_of), changes.jsonl (what a rule changed in a kept document), tokenizer/, blocks/ (a DatasetDict
+with train and validation splits of `input_ids`), report.md, config.json, metrics.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datatrove.data import Document
+from datatrove.pipeline.filters import (
+    C4QualityFilter,
+    FineWebQualityFilter,
+    GopherQualityFilter,
+    GopherRepetitionFilter,
+)
+from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
+from datatrove.pipeline.formatters.base import BaseFormatter
+from datatrove.pipeline.formatters.pii import PIIFormatter, PIIReplacer
+from tqdm.auto import tqdm
+
+from llmkit import runs
+from llmkit.loaders import DataError, bundled_path, load_documents
+from llmkit.tokenizer import pack_sequences, train_tokenizer
+
+STAGE = "data"
+
+
+@dataclass
+class DataConfig:
+    corpus: str | None = None  # file or folder; None = the bundled closed-world crawl
+    text_field: str | None = None  # None: detect (text, content, document, body, raw_content)
+    max_documents: int | None = None  # read only the first N documents (smoke runs)
+    # cleaning
+    normalize: bool = True
+    gopher_repetition: bool = True
+    gopher_quality: bool = True
+    c4: bool = True
+    fineweb: bool = True
+    language_model: str | None = None  # path to a fastText lid.176.bin; None skips language identification
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    language_threshold: float = 0.65
+    exact_dedup: bool = True
+    minhash_dedup: bool = True
+    minhash_threshold: float = 0.7  # true Jaccard of word 5-gram sets at which two documents are duplicates
+    minhash_bands: int = 20
+    minhash_rows: int = 5
+    shingle_size: int = 5
+    redact_pii: bool = True
+    # tokenizer and packing
+    vocab_size: int = 4096
+    block_size: int = 256
+    validation_fraction: float = 0.05
+    num_proc: int = 2
+    seed: int = 0
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": {},
+    "smoke": {"max_documents": 700, "vocab_size": 1024, "block_size": 128},
+}
+
+
+def config_for(preset: str = "tiny", **overrides) -> DataConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return DataConfig(**{**PRESETS[preset], **overrides})
+
+
+def run(config: DataConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True) -> runs.StageResult:
+    final, tmp = runs.reuse_or_start(run_dir, STAGE, overwrite)
+    if tmp is None:
+        return runs.StageResult(STAGE, final, runs.read_metrics(final), reused=True)
+    try:
+        corpus = config.corpus or str(bundled_path("corpus.jsonl"))
+        docs, read_stats = load_documents(corpus, config.text_field, config.max_documents)
+        if not docs:
+            raise DataError(f"{corpus}: the corpus holds no documents")
+        ledger = Ledger()
+        kept = clean_corpus(docs, config, ledger, progress)
+        if not kept:
+            raise DataError("the cleaning rules removed every document:\n" + ledger.summary_table(docs, kept))
+
+        tokenizer = train_tokenizer((d["text"] for d in kept), config.vocab_size)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        blocks, pack_stats = make_blocks(kept, tokenizer, config)
+        blocks.save_to_disk(str(tmp / "blocks"))
+
+        _write_jsonl(tmp / "documents.jsonl", kept)
+        _write_jsonl(tmp / "removed.jsonl", ledger.removed)
+        _write_jsonl(tmp / "changes.jsonl", ledger.changes)
+        rules = ledger.per_rule(docs, tokenizer)
+        metrics = {
+            "documents_in": len(docs),
+            "documents_out": len(kept),
+            "documents_removed": len(ledger.removed),
+            "documents_changed": len({c["id"] for c in ledger.changes}),
+            "replaced_undecodable_chars": read_stats.replaced_chars,
+            "language_id": "on" if config.language_model else "skipped (no language_model file given)",
+            "rules": rules,
+            "vocab_size": len(tokenizer),
+            **{f"{split}_{k}": v for split, s in pack_stats.items() for k, v in s.items()},
+        }
+        (tmp / "report.md").write_text(render_report(metrics), encoding="utf-8")
+        return runs.commit(tmp, final, config, metrics)
+    except BaseException:
+        runs.abandon(tmp)
+        raise
+
+
+# ---- the cleaning pipeline ------------------------------------------------------------------------
+class Normalizer(BaseFormatter):
+    """Unicode NFKC (ligatures, full-width forms, no-break spaces) and whitespace clean-up."""
+
+    name = "normalize"
+    _spaces = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+    _zero_width = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff]")
+
+    def format(self, text: str) -> str:
+        text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
+        text = self._zero_width.sub("", text)
+        lines = [self._spaces.sub(" ", line).strip() for line in text.split("\n")]
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+PHONE_REGEX = r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]?\d{3,4}[ .-]?\d{3,4}(?!\w)"
+
+
+class PIIRedactor(PIIFormatter):
+    """datatrove's PII formatter (emails, public IP addresses) plus phone numbers."""
+
+    name = "pii"
+
+    def __init__(self, phone_replacement: str = "+1 555 0100", **kwargs):
+        super().__init__(**kwargs)
+        self.phone_replacer = PIIReplacer(PHONE_REGEX, phone_replacement, validator=_looks_like_phone)
+
+    def format(self, text: str) -> str:
+        return self.phone_replacer.replace(super().format(text))
+
+
+def _looks_like_phone(s: str) -> bool:
+    digits = sum(c.isdigit() for c in s)
+    return 9 <= digits <= 15 and not re.fullmatch(r"\d{4}( \d{4}){2,}", s)  # not a run of years
+
+
+def datatrove_pipeline(config: DataConfig) -> list:
+    """The per-document steps as datatrove blocks, in order. Put a reader in front and a writer behind
+    to run them on any datatrove executor; dedup at that scale uses datatrove's MinHash stages."""
+    steps: list = []
+    if config.normalize:
+        steps.append(Normalizer())
+    if config.language_model:
+        steps.append(_language_filter(config))
+    if config.gopher_repetition:
+        steps.append(GopherRepetitionFilter())
+    if config.gopher_quality:
+        steps.append(GopherQualityFilter())
+    if config.c4:
+        steps.append(C4QualityFilter(filter_no_terminal_punct=False))  # FineWeb's setting
+    if config.fineweb:
+        steps.append(FineWebQualityFilter())
+    return steps
+
+
+RULE_NAMES = {
+    Normalizer: "normalize", GopherRepetitionFilter: "gopher_repetition", GopherQualityFilter: "gopher_quality",
+    C4QualityFilter: "c4", FineWebQualityFilter: "fineweb", PIIRedactor: "pii",
+}
+
+
+def _language_filter(config: DataConfig):
+    path = Path(config.language_model)
+    if not path.is_file():
+        raise DataError(
+            f"language_model: {path} does not exist. Language identification needs a fastText model file "
+            "(lid.176.bin) that llmkit does not download; put it there, or set language_model=None "
+            "(--language-model '') to skip language identification"
+        )
+    try:
+        from fasttext.FastText import _FastText
+    except ImportError:
+        raise DataError("language_model is set but fasttext is not installed: pip install fasttext-numpy2-wheel") from None
+    from datatrove.pipeline.filters import LanguageFilter
+
+    lid = LanguageFilter(languages=config.languages, language_threshold=config.language_threshold)
+    lid.model._model = _FastText(str(path))  # a local file instead of datatrove's download
+    return lid
+
+
+class Ledger:
+    """What happened to each document: removals (rule, reason, text) and changes to kept documents."""
+
+    def __init__(self):
+        self.removed: list[dict] = []
+        self.changes: list[dict] = []
+
+    def remove(self, doc: dict, rule: str, reason: str, duplicate_of: str | None = None, similarity=None):
+        self.removed.append({"id": doc["id"], "rule": rule, "reason": reason, "duplicate_of": duplicate_of,
+                             "similarity": similarity, "text": doc["text"], "url": doc.get("url", "")})
+
+    def change(self, doc_id: str, rule: str, reason: str, before: str, after: str):
+        self.changes.append({"id": doc_id, "rule": rule, "reason": reason,
+                             "chars_before": len(before), "chars_after": len(after)})
+
+    def per_rule(self, docs: list[dict], tokenizer) -> dict:
+        """Documents removed and changed, and tokens removed, per rule."""
+        out: dict = defaultdict(lambda: {"removed": 0, "changed": 0, "tokens_removed": 0, "reasons": Counter()})
+        texts = [r["text"] for r in self.removed]
+        lengths = [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        for r, n in zip(self.removed, lengths):
+            out[r["rule"]]["removed"] += 1
+            out[r["rule"]]["tokens_removed"] += n
+            out[r["rule"]]["reasons"][_reason_key(r["reason"])] += 1
+        for c in self.changes:
+            out[c["rule"]]["changed"] += 1
+        return {k: {**v, "reasons": dict(v["reasons"].most_common())} for k, v in out.items()}
+
+    def summary_table(self, docs: list[dict], kept: list[dict]) -> str:
+        counts = Counter(r["rule"] for r in self.removed)
+        lines = [f"  {rule:20s} removed {n}" for rule, n in counts.most_common()]
+        return f"  documents in: {len(docs)}, kept: {len(kept)}\n" + "\n".join(lines)
+
+
+def _reason_key(reason: str) -> str:
+    return reason.split(" of ")[0] if reason.startswith(("exact duplicate", "near duplicate")) else reason
+
+
+def clean_corpus(docs: list[dict], config: DataConfig, ledger: Ledger, progress: bool = True) -> list[dict]:
+    """Run every cleaning rule over `docs` (dicts with id and text); returns the kept documents."""
+    current = [dict(d) for d in docs]
+    for step in datatrove_pipeline(config):
+        current = _apply_step(step, current, ledger, progress)
+    if config.exact_dedup:
+        current = exact_dedup(current, ledger)
+    if config.minhash_dedup:
+        current = minhash_dedup(current, ledger, config, progress)
+    if config.redact_pii:
+        current = _apply_step(PIIRedactor(), current, ledger, progress)
+    return current
+
+
+def _apply_step(step, docs: list[dict], ledger: Ledger, progress: bool) -> list[dict]:
+    rule = RULE_NAMES.get(type(step), getattr(step, "name", type(step).__name__))
+    kept = []
+    for d in tqdm(docs, desc=rule, disable=not progress, leave=False):
+        doc = Document(text=d["text"], id=d["id"])
+        if isinstance(step, BaseFilter):
+            keep, reason = get_filter_result(step.filter(doc))
+            if not keep:
+                ledger.remove(d, rule, reason or rule)
+                continue
+        else:
+            doc.text = step.format(doc.text)
+        if doc.text != d["text"]:
+            ledger.change(d["id"], rule, _describe_change(rule, d["text"], doc.text), d["text"], doc.text)
+            d = {**d, "text": doc.text}
+        kept.append(d)
+    return kept
+
+
+def _describe_change(rule: str, before: str, after: str) -> str:
+    if rule == "pii":
+        return "redacted personal data"
+    if rule == "c4":
+        gone = [line for line in before.splitlines() if line.strip() and line.strip() not in after.splitlines()]
+        if gone:
+            return f"removed {len(gone)} line(s): " + " / ".join(g[:40] for g in gone[:3])
+        return "joined paragraphs (C4 drops blank lines)"
+    return "normalised unicode and whitespace"
+
+
+def exact_dedup(docs: list[dict], ledger: Ledger) -> list[dict]:
+    """Keep the first document of each set with identical text."""
+    first: dict[str, str] = {}
+    kept = []
+    for d in docs:
+        h = hashlib.sha1(d["text"].encode("utf-8")).hexdigest()
+        if h in first:
+            ledger.remove(d, "exact_dedup", f"exact duplicate of {first[h]}", duplicate_of=first[h], similarity=1.0)
+        else:
+            first[h] = d["id"]
+            kept.append(d)
+    return kept
+
+
+def shingles(text: str, n: int = 5) -> set[str]:
+    words = re.findall(r"\w+", text.lower())
+    if len(words) < n:
+        return {" ".join(words)}
+    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / max(len(a | b), 1)
+
+
+def minhash_dedup(docs: list[dict], ledger: Ledger, config: DataConfig, progress: bool = True) -> list[dict]:
+    """Remove documents whose word 5-gram Jaccard similarity to an earlier kept one reaches the threshold.
+
+    MinHash LSH with b bands of r rows proposes a pair of similarity s with probability 1 - (1 - s^r)^b:
+    with 20 × 5 that is 0.97 at s = 0.7 and 0.47 at s = 0.5 — generous on purpose, because every
+    candidate is then verified with its exact Jaccard similarity, which removes the false positives."""
+    from datasketch import MinHash, MinHashLSH
+
+    num_perm = config.minhash_bands * config.minhash_rows
+    lsh = MinHashLSH(num_perm=num_perm, params=(config.minhash_bands, config.minhash_rows))
+    sets = [shingles(d["text"], config.shingle_size) for d in docs]
+    hashes = MinHash.bulk([[s.encode("utf-8") for s in x] for x in sets], num_perm=num_perm, seed=config.seed)
+    kept, kept_sets = [], {}
+    for d, s, mh in tqdm(list(zip(docs, sets, hashes)), desc="minhash_dedup", disable=not progress, leave=False):
+        best, best_sim = None, 0.0
+        for cand in lsh.query(mh):
+            sim = jaccard(s, kept_sets[cand])
+            if sim > best_sim:
+                best, best_sim = cand, sim
+        if best is not None and best_sim >= config.minhash_threshold:
+            ledger.remove(d, "minhash_dedup", f"near duplicate of {best} (Jaccard {best_sim:.2f})",
+                          duplicate_of=best, similarity=round(best_sim, 4))
+            continue
+        lsh.insert(d["id"], mh)
+        kept_sets[d["id"]] = s
+        kept.append(d)
+    return kept
+
+
+# ---- blocks ---------------------------------------------------------------------------------------
+def make_blocks(docs: list[dict], tokenizer, config: DataConfig):
+    """Split documents into train / validation (by document, so validation text is unseen), then pack."""
+    from datasets import Dataset, DatasetDict
+
+    order = list(range(len(docs)))
+    random.Random(config.seed).shuffle(order)
+    n_val = max(1, round(len(docs) * config.validation_fraction)) if len(docs) > 1 else 0
+    splits = {"validation": [docs[i] for i in order[:n_val]], "train": [docs[i] for i in order[n_val:]]}
+    blocks, stats = {}, {}
+    for name, rows in splits.items():
+        ds = Dataset.from_list([{"text": r["text"]} for r in rows])
+        blocks[name], stats[name] = pack_sequences(ds, tokenizer, config.block_size, config.num_proc)
+    if len(blocks["train"]) == 0:
+        raise DataError(
+            f"the cleaned corpus ({stats['train']['tokens']} training tokens) is too small for one block of "
+            f"{config.block_size} tokens; lower block_size or add documents"
+        )
+    return DatasetDict(blocks), stats
+
+
+# ---- report ---------------------------------------------------------------------------------------
+def render_report(m: dict) -> str:
+    lines = [
+        "# Data stage report", "",
+        f"Documents in: {m['documents_in']} · kept: {m['documents_out']} · removed: {m['documents_removed']} · "
+        f"changed: {m['documents_changed']}", "",
+        "| rule | removed | changed | tokens removed | top reasons |", "|---|---:|---:|---:|---|",
+    ]
+    for rule, r in m["rules"].items():
+        reasons = ", ".join(f"{k} ({v})" for k, v in list(r["reasons"].items())[:3])
+        lines.append(f"| {rule} | {r['removed']} | {r['changed']} | {r['tokens_removed']} | {reasons} |")
+    lines += [
+        "", f"Language identification: {m['language_id']}.",
+        f"Undecodable characters replaced while reading: {m['replaced_undecodable_chars']}.", "",
+        f"Tokenizer: byte-level BPE, {m['vocab_size']} tokens; {m['train_bytes_per_token']:.2f} bytes per token "
+        "on the training split.",
+        f"Blocks: {m['train_blocks']} train, {m['validation_blocks']} validation "
+        f"({m['train_tokens']} and {m['validation_tokens']} tokens before packing).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---- scoring against the closed world's ground truth ---------------------------------------------
+JUNK_LABELS = ["spam", "boilerplate", "gibberish", "lorem", "short", "repetition", "exact_dup", "near_dup"]
+
+
+def score_cleaning(stage_dir: str | Path, labels_path: str | Path | None = None) -> dict:
+    """Precision and recall of the data stage per junk category, against the generator's labels.
+
+    Recall of a category: the fraction of its documents that were removed (by any rule). Near-duplicate
+    precision: the fraction of MinHash removals that really were duplicates. PII recall: the fraction of
+    personal-data strings in kept documents that no longer appear in their final text."""
+    stage_dir = Path(stage_dir)
+    labels = {r["id"]: r for r in read_jsonl(labels_path or bundled_path("corpus_labels.jsonl"))}
+    removed = {r["id"]: r for r in read_jsonl(stage_dir / "removed.jsonl")}
+    kept = {r["id"]: r["text"] for r in read_jsonl(stage_dir / "documents.jsonl")}
+    seen = set(removed) | set(kept)
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for doc_id in seen:
+        by_label[labels[doc_id]["label"]].append(doc_id)
+    out: dict = {"recall": {}, "counts": {}}
+    for label in JUNK_LABELS:
+        ids = by_label.get(label, [])
+        out["counts"][label] = len(ids)
+        out["recall"][label] = sum(i in removed for i in ids) / len(ids) if ids else None
+    good = by_label.get("good", [])
+    out["counts"]["good"] = len(good)
+    out["good_removed_fraction"] = sum(i in removed for i in good) / max(len(good), 1)
+    out["good_removed_by_rule"] = dict(Counter(removed[i]["rule"] for i in good if i in removed))
+    mh = [r for r in removed.values() if r["rule"] == "minhash_dedup"]
+    out["near_dup_precision"] = (
+        sum(labels[r["id"]]["label"] in ("near_dup", "exact_dup") for r in mh) / len(mh) if mh else None
+    )
+    pii_total = pii_gone = 0
+    for doc_id, text in kept.items():
+        for item in labels[doc_id]["pii"]:
+            pii_total += 1
+            pii_gone += item["value"] not in text
+    out["pii_recall"] = pii_gone / pii_total if pii_total else None
+    out["counts"]["pii_items_in_kept_docs"] = pii_total
+    return out

@@ -1,0 +1,178 @@
+"""The oracle: knows every fact of the closed world and scores any (prompt, answer) by the hidden rule.
+
+The hidden rule is the one the bundled preference pairs follow: an answer should be **correct**, then
+**concise**, then **polite**, and an evasive answer to a question that has an answer is not correct.
+A question that cannot be answered (a person who does not exist, private contact details) is answered
+correctly only by declining. The score is
+
+    score = 0.6 * correct + 0.2 * concise + 0.2 * polite          (0 <= score <= 1)
+
+where `correct` is 0/1 for a single fact and the fraction of facts right for a biography. Because it
+knows the truth, the oracle measures what a model knows (pretraining, SFT) and whether RL improved the
+answers themselves rather than just a reward model's opinion of them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmkit import world as W
+
+RUDE_MARKERS = [
+    "obviously", "stupid", "figure it out", "everyone knows", "ugh", "waste of my time", "dumb question",
+    "look it up yourself", "seriously?", "whatever",
+]
+HEDGE_MARKERS = ["hard to say", "not sure", "you could look it up", "difficult to know", "who can say", "hard to tell"]
+
+
+@dataclass
+class Verdict:
+    kind: str  # attribute name, "bio", "compare", "private", "unknown_entity" or "unparsed"
+    entities: tuple[str, ...]
+    expected: str  # the reference answer
+    correct: float
+    concise: bool
+    polite: bool
+    evasive: bool
+
+    @property
+    def score(self) -> float:
+        return 0.6 * self.correct + 0.2 * self.concise + 0.2 * self.polite
+
+
+class Oracle:
+    """Score answers against the world's facts. `Oracle()` loads the bundled world."""
+
+    def __init__(self, world: W.World | str | Path | None = None):
+        if world is None:
+            from llmkit.loaders import bundled_path
+
+            world = bundled_path("world.json")
+        self.world = world if isinstance(world, W.World) else W.World.load(world)
+        self._patterns = W.question_patterns()
+        people, towns, unis = self.world._index()
+        self._domains = {
+            "birth_town": list(towns), "town": list(towns), "university": list(unis),
+            "profession": W.PROFESSIONS, "region": W.REGIONS, "river": W.RIVERS,
+        }
+        self._all_entities = sorted([*people, *towns, *unis], key=len, reverse=True)
+
+    # ---- parsing ---------------------------------------------------------------------------------
+    def parse(self, prompt) -> tuple[str, tuple[str, ...]]:
+        """(kind, entities) of a prompt: a string or a list of chat messages (the last user turn counts)."""
+        text = _last_user_text(prompt)
+        for rx, kind in self._patterns:
+            m = rx.match(text)
+            if not m:
+                continue
+            names = tuple(g for g in m.groups() if g)
+            names = tuple(n[4:] if n.startswith("the ") else n for n in names)
+            if kind == "private":
+                return kind, names
+            if kind == "compare":
+                if all(n in self.world._index()[0] for n in names):
+                    return kind, names
+                return "unknown_entity", names
+            known = W.entity_kind(self.world, names[0])
+            if known is None:
+                return "unknown_entity", names
+            if kind == "bio" and known != "person":
+                continue
+            if kind not in ("bio",) and not hasattr(self._table(known)[names[0]], kind):
+                continue
+            return kind, names
+        return "unparsed", ()
+
+    def expected(self, prompt) -> str:
+        kind, names = self.parse(prompt)
+        return self._reference(kind, names)
+
+    # ---- scoring ---------------------------------------------------------------------------------
+    def judge(self, prompt, answer: str) -> Verdict:
+        kind, names = self.parse(prompt)
+        reference = self._reference(kind, names)
+        a = _normalise(answer)
+        refused = any(m in a for m in W.REFUSAL_MARKERS)
+        hedged = any(m in a for m in HEDGE_MARKERS)
+        polite = not any(re.search(rf"(?<!\w){re.escape(m)}(?!\w)", a) for m in RUDE_MARKERS)
+        concise = len(answer.split()) <= max(12, 2 * len(reference.split()) + 4)
+        evasive = False
+        if kind in ("private", "unknown_entity"):
+            correct = 1.0 if refused else 0.0
+        elif kind == "unparsed":
+            correct = 0.0
+        else:
+            evasive = refused or hedged
+            correct = 0.0 if evasive else self._correctness(kind, names, answer)
+        return Verdict(kind, names, reference, correct, concise, polite, evasive)
+
+    def score(self, prompt, answer: str) -> float:
+        return self.judge(prompt, answer).score
+
+    def is_correct(self, prompt, answer: str) -> bool:
+        return self.judge(prompt, answer).correct >= 1.0
+
+    def _correctness(self, kind: str, names: tuple[str, ...], answer: str) -> float:
+        if kind == "compare":
+            a, b = names
+            earlier = a if self.world.person(a).birth_year <= self.world.person(b).birth_year else b
+            pos = {n: answer.find(n) for n in names}
+            mentioned = [n for n in names if pos[n] >= 0]
+            return float(bool(mentioned) and min(mentioned, key=pos.get) == earlier)
+        if kind == "bio":
+            person = self.world.person(names[0])
+            checks = [self._mentions(attr, getattr(person, attr), answer) for attr in W.PERSON_ATTRIBUTES]
+            return sum(checks) / len(checks)
+        return float(self._mentions(kind, W.attribute_value(self.world, names[0], kind), answer))
+
+    def _mentions(self, attribute: str, value, answer: str) -> bool:
+        """The answer states `value` for `attribute` and no other value of the same kind."""
+        text = answer
+        if attribute in ("birth_town", "town"):
+            # a university name may contain a town ("University of Ashford"): not a claim about the town
+            for u in self.world._index()[2]:
+                text = text.replace(u, " ")
+        if isinstance(value, int):
+            if attribute == "campuses":
+                forms = {f for n in range(0, 13) for f in W.number_forms(n)}
+                found = {w for w in re.findall(r"([a-z]+|\d+)\s+campus", text.lower()) if w in forms}
+                return bool(found) and found <= set(W.number_forms(value))
+            years = set(re.findall(r"\b1\d{3}\b", text))
+            return years == {str(value)}
+        found = {v for v in self._domains[attribute] if re.search(rf"\b{re.escape(v)}\b", text, re.I)}
+        # "Ashford" is found inside "Ashfordham"? no: \b; but a longer name may contain a shorter one
+        found = {v for v in found if not any(v != o and v in o for o in found)}
+        return found == {value}
+
+    def _reference(self, kind: str, names: tuple[str, ...]) -> str:
+        if kind == "bio":
+            return W.bio_answer(self.world, names[0])
+        if kind == "compare":
+            return W.compare_answer(self.world, *names)
+        if kind in ("private", "unknown_entity"):
+            return W.refusal_answer(names[0] if names else "them", private=kind == "private")
+        if kind == "unparsed":
+            return ""
+        return W.reference_answer(self.world, names[0], kind)
+
+    def _table(self, kind: str) -> dict:
+        people, towns, unis = self.world._index()
+        return {"person": people, "town": towns, "university": unis}[kind]
+
+
+def _last_user_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt.strip()
+    users = [m for m in prompt if m.get("role") == "user"]
+    if not users:
+        return ""
+    content = users[-1]["content"]
+    if isinstance(content, list):  # gradio / multimodal blocks
+        content = " ".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return content.strip()
+
+
+def _normalise(text: str) -> str:
+    return text.lower().replace("’", "'")
