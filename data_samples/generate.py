@@ -585,8 +585,10 @@ def _wrong_answer(rng: random.Random, world: W.World, kind: str, names: tuple) -
         "river": W.RIVERS,
     }.get(kind)
     if domain is None:  # numbers
-        wrong = value + rng.choice([-1, 1]) * rng.randint(1, 3 if kind == "campuses" else 40)
-        wrong = max(wrong, 1)
+        if kind == "campuses":
+            wrong = rng.choice([n for n in range(1, 10) if n != value])
+        else:
+            wrong = value + rng.choice([-1, 1]) * rng.randint(1, 40)
     else:
         wrong = rng.choice([d for d in domain if d != value])
     return W.reference_answer(world, names[0], kind, value=wrong)

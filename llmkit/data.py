@@ -29,6 +29,7 @@ import random
 import re
 import unicodedata
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,8 +109,9 @@ def run(config: DataConfig, run_dir: str | Path, overwrite: bool = False, progre
 
         tokenizer = train_tokenizer((d["text"] for d in kept), config.vocab_size)
         tokenizer.save_pretrained(tmp / "tokenizer")
-        blocks, pack_stats = make_blocks(kept, tokenizer, config)
-        blocks.save_to_disk(str(tmp / "blocks"))
+        with _datasets_progress(progress):
+            blocks, pack_stats = make_blocks(kept, tokenizer, config)
+            blocks.save_to_disk(str(tmp / "blocks"))
 
         _write_jsonl(tmp / "documents.jsonl", kept)
         _write_jsonl(tmp / "removed.jsonl", ledger.removed)
@@ -243,7 +245,9 @@ class Ledger:
 
     def summary_table(self, docs: list[dict], kept: list[dict]) -> str:
         counts = Counter(r["rule"] for r in self.removed)
-        lines = [f"  {rule:20s} removed {n}" for rule, n in counts.most_common()]
+        reasons = {rule: Counter(_reason_key(r["reason"]) for r in self.removed if r["rule"] == rule) for rule in counts}
+        lines = [f"  {rule:20s} removed {n}  ({', '.join(f'{k}: {v}' for k, v in reasons[rule].most_common(3))})"
+                 for rule, n in counts.most_common()]
         return f"  documents in: {len(docs)}, kept: {len(kept)}\n" + "\n".join(lines)
 
 
@@ -253,35 +257,37 @@ def _reason_key(reason: str) -> str:
 
 def clean_corpus(docs: list[dict], config: DataConfig, ledger: Ledger, progress: bool = True) -> list[dict]:
     """Run every cleaning rule over `docs` (dicts with id and text); returns the kept documents."""
-    current = [dict(d) for d in docs]
-    for step in datatrove_pipeline(config):
-        current = _apply_step(step, current, ledger, progress)
+    steps = datatrove_pipeline(config)
+    # Document by document through all steps, as a datatrove pipeline streams them: the filters then hit
+    # datatrove's cache of the spaCy word split of the text they share.
+    kept = [d for d in (_apply_steps(steps, dict(doc), ledger)
+                        for doc in tqdm(docs, desc="filters", disable=not progress, leave=False)) if d]
     if config.exact_dedup:
-        current = exact_dedup(current, ledger)
+        kept = exact_dedup(kept, ledger)
     if config.minhash_dedup:
-        current = minhash_dedup(current, ledger, config, progress)
+        kept = minhash_dedup(kept, ledger, config, progress)
     if config.redact_pii:
-        current = _apply_step(PIIRedactor(), current, ledger, progress)
-    return current
+        redactor = PIIRedactor()
+        kept = [_apply_steps([redactor], d, ledger) for d in kept]
+    return kept
 
 
-def _apply_step(step, docs: list[dict], ledger: Ledger, progress: bool) -> list[dict]:
-    rule = RULE_NAMES.get(type(step), getattr(step, "name", type(step).__name__))
-    kept = []
-    for d in tqdm(docs, desc=rule, disable=not progress, leave=False):
+def _apply_steps(steps: list, d: dict, ledger: Ledger) -> dict | None:
+    """One document through datatrove steps; None if a filter removed it (the ledger says which, and why)."""
+    for step in steps:
+        rule = RULE_NAMES.get(type(step), getattr(step, "name", type(step).__name__))
         doc = Document(text=d["text"], id=d["id"])
         if isinstance(step, BaseFilter):
             keep, reason = get_filter_result(step.filter(doc))
             if not keep:
                 ledger.remove(d, rule, reason or rule)
-                continue
+                return None
         else:
             doc.text = step.format(doc.text)
         if doc.text != d["text"]:
             ledger.change(d["id"], rule, _describe_change(rule, d["text"], doc.text), d["text"], doc.text)
             d = {**d, "text": doc.text}
-        kept.append(d)
-    return kept
+    return d
 
 
 def _describe_change(rule: str, before: str, after: str) -> str:
@@ -390,6 +396,21 @@ def render_report(m: dict) -> str:
         f"({m['train_tokens']} and {m['validation_tokens']} tokens before packing).",
     ]
     return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def _datasets_progress(show: bool):
+    import datasets
+    from datasets.utils import are_progress_bars_disabled
+
+    was_disabled = are_progress_bars_disabled()
+    if not show:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -84,7 +84,8 @@ def _iter_file(path: Path, stats: ReadStats) -> Iterator[tuple[dict, str]]:
     text = _read_text(path, stats)
     if kind in (".txt", ".md"):
         stats.records += 1
-        yield {"id": path.stem, "text": text}, str(path)
+        name = path.name[:-3] if path.suffix.lower() == ".gz" else path.name
+        yield {"id": Path(name).stem, "text": text}, str(path)
         return
     if kind == ".json":
         try:

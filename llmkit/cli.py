@@ -1,0 +1,100 @@
+"""The `llmkit` command: the same stage functions the notebooks call, for people who prefer a shell.
+
+    llmkit pipeline [--run-dir runs/demo] [--preset tiny] [--stages data] [--corpus PATH] [--overwrite]
+    llmkit data --run-dir DIR [--corpus PATH] [--text-field NAME] [--vocab-size N] [--block-size N] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from llmkit import data
+from llmkit.loaders import DataError
+from llmkit.runs import StageExistsError
+
+# Stages in pipeline order; later issues add pretrain, sft, reward, ppo.
+STAGES = ["data"]
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data stage")
+    g.add_argument("--corpus", help="raw corpus: jsonl/json/parquet/txt file or folder, gzip or not, or a "
+                                    "save_to_disk folder (default: the bundled closed-world crawl)")
+    g.add_argument("--text-field", help="field holding the text (default: detect text/content/document/body)")
+    g.add_argument("--max-documents", type=int, help="read only the first N documents")
+    g.add_argument("--vocab-size", type=int, help="BPE vocabulary size (an upper bound)")
+    g.add_argument("--block-size", type=int, help="tokens per packed training block")
+    g.add_argument("--minhash-threshold", type=float, help="Jaccard similarity at which documents are duplicates")
+    g.add_argument("--language-model", help="path to a fastText lid.176.bin for language identification "
+                                            "(default: skipped)")
+    g.add_argument("--num-proc", type=int, help="processes for tokenizing and packing")
+
+
+def _data_config(args: argparse.Namespace) -> data.DataConfig:
+    overrides = {k: v for k, v in {
+        "corpus": args.corpus, "text_field": args.text_field, "max_documents": args.max_documents,
+        "vocab_size": args.vocab_size, "block_size": args.block_size, "minhash_threshold": args.minhash_threshold,
+        "language_model": args.language_model or None, "num_proc": args.num_proc,
+    }.items() if v is not None}
+    return data.config_for(args.preset, **overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="llmkit", description="Build a ChatGPT-style assistant stage by stage.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pipeline", help="run the stages in order into one run folder",
+                       description="Run the pipeline's stages in order. A finished stage is reused unless "
+                                   "--overwrite is given.")
+    p.add_argument("--run-dir", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("--preset", default="tiny", choices=list(data.PRESETS), help="size preset (default: tiny)")
+    p.add_argument("--stages", default=",".join(STAGES),
+                   help=f"comma-separated stages to run, from: {','.join(STAGES)} (default: all)")
+    p.add_argument("--overwrite", action="store_true", help="replace finished stages instead of reusing them")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_options(p)
+
+    p = sub.add_parser("data", help="clean, deduplicate and tokenize a corpus into packed blocks",
+                       description=data.__doc__.split("\n\n")[0])
+    p.add_argument("--run-dir", required=True, help="run folder; the stage writes RUN_DIR/data/")
+    p.add_argument("--preset", default="tiny", choices=list(data.PRESETS))
+    p.add_argument("--overwrite", action="store_true", help="replace a finished data stage")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_options(p)
+    return ap
+
+
+def run_stage(stage: str, args: argparse.Namespace):
+    if stage == "data":
+        return data.run(_data_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+    raise ValueError(f"unknown stage {stage!r}; available: {', '.join(STAGES)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.command == "pipeline" else [args.command]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        print(f"error: unknown stage(s) {', '.join(unknown)}; available: {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    try:
+        for stage in stages:
+            start = time.perf_counter()
+            result = run_stage(stage, args)
+            took = time.perf_counter() - start
+            status = "reused (finished earlier; --overwrite to redo)" if result.reused else f"done in {took:.1f} s"
+            print(f"[{stage}] {status} -> {result.output_dir}")
+            report = Path(result.output_dir) / "report.md"
+            if report.exists() and not result.reused:
+                print(report.read_text(encoding="utf-8"))
+    except (DataError, StageExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

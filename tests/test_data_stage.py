@@ -1,0 +1,130 @@
+import json
+
+import pytest
+from datasets import load_from_disk
+
+from llmkit import data
+from llmkit.data import DataConfig, Ledger, Normalizer, PIIRedactor, exact_dedup, minhash_dedup, read_jsonl
+from llmkit.loaders import DataError
+from llmkit.runs import StageExistsError
+from llmkit.tokenizer import load_tokenizer
+
+GOOD = ("The river flows past the old mill, and the people of the town walk along it every evening. "
+        "They talk about the weather, the harvest and the news from the city, and they are in no hurry. "
+        "Children play on the bridge while their parents buy bread from the bakery that has stood there for "
+        "a hundred years. In the spring the fields turn green and the farmers plant their crops with care. ")
+
+
+def test_data_stage_meets_the_closed_world_targets(data_run):
+    s = data.score_cleaning(data_run.output_dir)
+    for label in ("spam", "boilerplate", "gibberish"):
+        assert s["recall"][label] >= 0.9, (label, s)
+    assert s["recall"]["exact_dup"] == 1.0
+    assert s["recall"]["near_dup"] >= 0.9 and s["near_dup_precision"] >= 0.95
+    assert s["good_removed_fraction"] <= 0.02
+    assert s["pii_recall"] >= 0.95
+
+
+def test_outputs_follow_the_stage_contract(data_run):
+    out = data_run.output_dir
+    for name in ("documents.jsonl", "removed.jsonl", "changes.jsonl", "report.md", "config.json", "metrics.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["documents_out"] + metrics["documents_removed"] == metrics["documents_in"]
+    assert set(metrics["rules"]) >= {"gopher_repetition", "gopher_quality", "exact_dedup", "minhash_dedup", "pii"}
+    report = (out / "report.md").read_text()
+    for rule in metrics["rules"]:
+        assert f"| {rule} |" in report
+    removed = read_jsonl(out / "removed.jsonl")
+    kept_ids = {d["id"] for d in read_jsonl(out / "documents.jsonl")}
+    assert all(r["rule"] and r["reason"] for r in removed)
+    for r in removed:
+        if r["rule"] in ("exact_dedup", "minhash_dedup"):
+            assert r["duplicate_of"] in kept_ids
+    assert 3.0 < metrics["train_bytes_per_token"] < 8.0
+
+
+def test_tokenizer_and_blocks_load_with_standard_tools(data_run):
+    out = data_run.output_dir
+    tok = load_tokenizer(out / "tokenizer")
+    assert tok.bos_token == "<|bos|>" and tok.eos_token == "<|im_end|>" and tok.pad_token == "<|pad|>"
+    text = "Ada Ashdown was born in Ashford in 1923; café ☕."
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text  # byte-level: lossless
+    msgs = [{"role": "user", "content": "Where was Ada born?"}, {"role": "assistant", "content": "In Ashford."}]
+    enc = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    trained = [i for i, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
+    assert tok.decode(trained) == "In Ashford.<|im_end|>"
+    blocks = load_from_disk(str(out / "blocks"))
+    assert set(blocks) == {"train", "validation"}
+    config = json.loads((out / "config.json").read_text())
+    assert {len(x) for x in blocks["train"]["input_ids"]} == {config["block_size"]}
+    n_bos = sum(x.count(tok.bos_token_id) for x in blocks["train"]["input_ids"])
+    kept = data_run.metrics["train_documents"]
+    assert 0.9 * kept <= n_bos <= kept  # one BOS per document (a few fall in the dropped remainder)
+
+
+def test_finished_stage_is_reused_and_overwrite_failure_keeps_it(data_run, tmp_path):
+    out = data_run.output_dir
+    before = (out / "metrics.json").read_text()
+    again = data.run(DataConfig(), out.parent, progress=False)
+    assert again.reused and again.metrics == data_run.metrics
+    with pytest.raises(DataError, match="no such file"):
+        data.run(DataConfig(corpus=str(tmp_path / "missing.jsonl")), out.parent, overwrite=True, progress=False)
+    assert (out / "metrics.json").read_text() == before
+    assert load_from_disk(str(out / "blocks"))["train"].num_rows > 0
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".data.tmp")]
+
+
+def test_unfinished_folder_is_never_overwritten_silently(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    with pytest.raises(StageExistsError, match="not a finished data stage"):
+        data.run(DataConfig(), tmp_path, progress=False)
+    assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
+
+
+def test_empty_corpus_and_corpus_the_filters_empty(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="holds no documents"):
+        data.run(DataConfig(corpus=str(empty)), tmp_path / "r1", progress=False)
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text("\n".join(json.dumps({"text": t}) for t in ["Page not found.", "BUY NOW!!! $$$", "Home | Login"]))
+    with pytest.raises(DataError, match=r"removed every document:\n  documents in: 3, kept: 0\n  gopher_repetition\s+removed 3\s+\(top_2_gram: 3\)"):
+        data.run(DataConfig(corpus=str(junk)), tmp_path / "r2", progress=False)
+    assert not (tmp_path / "r2" / "data").exists()
+
+
+def test_missing_language_model_is_a_clear_error(tmp_path):
+    cfg = DataConfig(language_model=str(tmp_path / "lid.176.bin"))
+    with pytest.raises(DataError, match=r"lid\.176\.bin does not exist.*language_model=None"):
+        data.run(cfg, tmp_path, progress=False)
+
+
+def test_normalizer():
+    n = Normalizer()
+    assert n.format("ef\ufb01cient\u00a0 text\r\nnext  line \u200b\n\n\n\nend ") == "efficient text\nnext line\n\nend"
+
+
+def test_pii_redaction_keeps_years_and_removes_contacts():
+    r = PIIRedactor()
+    text = ("Write to ada.ashdown@valleymail.org or call (555) 014-2231 or +44 1632 960 123. "
+            "Posted from 81.23.1.200. Born 1923, moved 1950, died 2001.")
+    out = r.format(text)
+    for secret in ("ada.ashdown@valleymail.org", "(555) 014-2231", "+44 1632 960 123", "81.23.1.200"):
+        assert secret not in out
+    assert "Born 1923, moved 1950, died 2001." in out
+
+
+def test_exact_and_near_dedup_keep_the_first_copy():
+    a = {"id": "a", "text": GOOD}
+    b = {"id": "b", "text": GOOD}
+    c = {"id": "c", "text": GOOD.replace("old mill", "new mill")}
+    d = {"id": "d", "text": "A completely different text about bridges, bakeries and the long history of the "
+                            "valley, written by someone else entirely for another purpose on another day."}
+    ledger = Ledger()
+    kept = exact_dedup([a, b, c, d], ledger)
+    kept = minhash_dedup(kept, ledger, DataConfig(), progress=False)
+    assert [k["id"] for k in kept] == ["a", "d"]
+    reasons = {r["id"]: (r["rule"], r["duplicate_of"]) for r in ledger.removed}
+    assert reasons == {"b": ("exact_dedup", "a"), "c": ("minhash_dedup", "a")}
