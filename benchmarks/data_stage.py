@@ -41,6 +41,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -63,6 +64,7 @@ from datatrove.pipeline.filters import (
 from datatrove.pipeline.formatters import PIIFormatter
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.hashing import HashConfig
 
 from llmkit import data
 from llmkit.loaders import bundled_path, load_documents
@@ -93,7 +95,7 @@ def quality(workdir: Path) -> tuple[list[list], dict, float]:
             verdict, target_text = "(no target)", "—"
         else:
             ok = value is not None and (value >= target if op == ">=" else value <= target)
-            verdict, target_text = ("met" if ok else "NOT MET"), f"{'≥' if op == '>=' else '≤'} {target:g}"
+            verdict, target_text = ("met" if ok else "NOT MET"), f"{'≥' if op == '>=' else '≤'} {target:.2f}"
         rows.append([name, "—" if n is None else n, _fmt(value), target_text, verdict])
     return rows, s, seconds
 
@@ -133,7 +135,8 @@ def datatrove_cleaning(corpus: Path, workdir: Path) -> dict:
         logging_dir=str(out / "logs"),
     )
     seconds = _run_quietly(executor)
-    return {"seconds": seconds, "kept": _count_jsonl(out / "output")}
+    kept = _read_ids(out / "output")
+    return {"seconds": seconds, "kept": len(kept), "ids": kept}
 
 
 # ---- 3. MinHash ------------------------------------------------------------------------------------
@@ -143,7 +146,10 @@ def datatrove_minhash(docs: list[dict], workdir: Path) -> tuple[dict, set[str]]:
     with open(root / "input" / "docs.jsonl", "w", encoding="utf-8") as f:
         for d in docs:
             f.write(json.dumps({"id": d["id"], "text": d["text"]}, ensure_ascii=False) + "\n")
-    config = MinhashConfig()  # FineWeb's: word 5-grams, 14 buckets x 8 hashes, 64-bit xxhash
+    # FineWeb's settings (word 5-grams, 14 buckets x 8 hashes, 64-bit), but sha1 shingle hashes: datatrove's
+    # default xxhash passes str to xxhash, which xxhash >= 4 refuses (datatrove pins xxhash < 4; this venv
+    # has 4.x, pulled in by another package).
+    config = MinhashConfig(hash_config=HashConfig(precision=64, hash_fc="sha1"))
     folder = {name: str(root / name) for name in ("input", "signatures", "buckets", "remove", "removed", "kept")}
 
     def reader():
@@ -165,7 +171,7 @@ def datatrove_minhash(docs: list[dict], workdir: Path) -> tuple[dict, set[str]]:
         executor = LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1,
                                          logging_dir=str(root / "logs" / name))
         times[name] = _run_quietly(executor)
-    removed = {json.loads(line)["id"] for f in Path(folder["removed"]).glob("*.jsonl") for line in open(f)}
+    removed = _read_ids(Path(folder["removed"]))
     return {"seconds": sum(times.values()), "stages": times}, removed
 
 
@@ -198,8 +204,15 @@ def _run_quietly(executor: LocalPipelineExecutor) -> float:
     return time.perf_counter() - t0
 
 
-def _count_jsonl(folder: Path) -> int:
-    return sum(1 for f in folder.glob("*.jsonl") for line in open(f) if line.strip())
+def _read_ids(folder: Path) -> set[str]:
+    """The ids of the documents a datatrove JsonlWriter wrote (uncompressed) into `folder`."""
+    return {json.loads(line)["id"] for f in folder.glob("*.jsonl") for line in open(f, encoding="utf-8")
+            if line.strip()}
+
+
+def _label_counts(ids: set[str], labels: dict[str, str]) -> str:
+    counts = Counter(labels[i] for i in ids)
+    return ", ".join(f"{n} {label}" for label, n in counts.most_common()) or "none"
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -275,15 +288,19 @@ def main() -> None:
                      [[name, len(docs), r["kept"], f"{r['seconds']:.1f}", f"{mb / r['seconds']:.3f}"]
                       for name, r in rows], md, right={1, 2, 3, 4}))
     ratio = dt_clean["seconds"] / no_dedup["seconds"]
+    llmkit_ids = {d["id"] for d in filtered}
     out.append(f"\nWithout dedup, llmkit runs at {ratio:.2f}× datatrove's throughput on this input "
                f"({mb / no_dedup['seconds']:.3f} vs {mb / dt_clean['seconds']:.3f} MB/s). llmkit also normalises "
-               "unicode and whitespace and redacts phone numbers; datatrove also reads and writes jsonl files.")
+               "unicode and whitespace and redacts phone numbers; datatrove also reads and writes jsonl files. "
+               f"Kept by llmkit only: {_label_counts(llmkit_ids - dt_clean['ids'], labels)}; "
+               f"by datatrove only: {_label_counts(dt_clean['ids'] - llmkit_ids, labels)} (by label; the "
+               "filters are the same, so any difference comes from llmkit normalising the text first).")
 
     out.append(heading("MinHash near-dedup (filter-passing documents, before exact dedup)"))
     dups = score_dedup(filtered, set(), labels)["duplicates"]
     mh_rows = []
     for name, settings, timing, removed in [
-        ("datatrove MinHash stages 1–4", "5-grams, 14×8, clusters", dt_mh, dt_removed),
+        ("datatrove MinHash stages 1–4", "5-grams, 14×8 (sha1), clusters", dt_mh, dt_removed),
         ("llmkit `minhash_dedup` (datasketch)", "5-grams, 20×5, Jaccard ≥ 0.7 verified", lk_mh, lk_removed),
     ]:
         s = score_dedup(filtered, removed, labels)

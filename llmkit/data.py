@@ -272,6 +272,25 @@ def clean_corpus(docs: list[dict], config: DataConfig, ledger: Ledger, progress:
     return kept
 
 
+def check_document(text: str, config: DataConfig | None = None) -> list[dict]:
+    """Each per-document rule's verdict on one text, in pipeline order (stops at the first removal)."""
+    ledger = Ledger()
+    steps = datatrove_pipeline(config or DataConfig()) + [PIIRedactor()]
+    doc = {"id": "doc", "text": text}
+    verdicts = []
+    for step in steps:
+        rule = RULE_NAMES.get(type(step), type(step).__name__)
+        n_changes = len(ledger.changes)
+        doc = _apply_steps([step], doc, ledger)
+        if doc is None:
+            verdicts.append({"rule": rule, "verdict": "removed", "reason": ledger.removed[-1]["reason"]})
+            break
+        changed = len(ledger.changes) > n_changes
+        verdicts.append({"rule": rule, "verdict": "changed" if changed else "passed",
+                         "reason": ledger.changes[-1]["reason"] if changed else ""})
+    return verdicts
+
+
 def _apply_steps(steps: list, d: dict, ledger: Ledger) -> dict | None:
     """One document through datatrove steps; None if a filter removed it (the ledger says which, and why)."""
     for step in steps:
@@ -326,6 +345,11 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / max(len(a | b), 1)
 
 
+def lsh_candidate_probability(similarity: float, bands: int, rows: int) -> float:
+    """Probability that MinHash LSH with `bands` × `rows` proposes a pair of this Jaccard similarity."""
+    return 1.0 - (1.0 - similarity ** rows) ** bands
+
+
 def minhash_dedup(docs: list[dict], ledger: Ledger, config: DataConfig, progress: bool = True) -> list[dict]:
     """Remove documents whose word 5-gram Jaccard similarity to an earlier kept one reaches the threshold.
 
@@ -362,11 +386,11 @@ def make_blocks(docs: list[dict], tokenizer, config: DataConfig):
 
     order = list(range(len(docs)))
     random.Random(config.seed).shuffle(order)
-    n_val = max(1, round(len(docs) * config.validation_fraction)) if len(docs) > 1 else 0
+    n_val = min(max(1, round(len(docs) * config.validation_fraction)), len(docs) - 1)
     splits = {"validation": [docs[i] for i in order[:n_val]], "train": [docs[i] for i in order[n_val:]]}
     blocks, stats = {}, {}
     for name, rows in splits.items():
-        ds = Dataset.from_list([{"text": r["text"]} for r in rows])
+        ds = Dataset.from_dict({"text": [r["text"] for r in rows]})
         blocks[name], stats[name] = pack_sequences(ds, tokenizer, config.block_size, config.num_proc)
     if len(blocks["train"]) == 0:
         raise DataError(

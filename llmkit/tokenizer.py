@@ -59,6 +59,11 @@ def pack_sequences(dataset, tokenizer, block_size: int, num_proc: int = 1, text_
     Runs as two batched `datasets.map` passes. Each block's remainder shorter than `block_size` at the end
     of a map batch is dropped, as in the transformers examples' `group_texts` (a fraction of a percent)."""
     bos = tokenizer.bos_token_id
+    if len(dataset) == 0:
+        from datasets import Dataset
+
+        empty = {"documents": 0, "bytes": 0, "tokens": 0, "bytes_per_token": 0.0, "blocks": 0}
+        return Dataset.from_dict({"input_ids": []}), empty
 
     def tokenize(batch):
         ids = tokenizer(batch[text_field], add_special_tokens=False)["input_ids"]

@@ -12,7 +12,8 @@ from llmkit.tokenizer import load_tokenizer
 GOOD = ("The river flows past the old mill, and the people of the town walk along it every evening. "
         "They talk about the weather, the harvest and the news from the city, and they are in no hurry. "
         "Children play on the bridge while their parents buy bread from the bakery that has stood there for "
-        "a hundred years. In the spring the fields turn green and the farmers plant their crops with care. ")
+        "a hundred years. In the spring the fields turn green and the farmers plant their crops with care. "
+        "Nobody in the town can remember a time when life there was very different. ")
 
 
 def test_data_stage_meets_the_closed_world_targets(data_run):

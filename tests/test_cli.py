@@ -1,0 +1,36 @@
+import subprocess
+import sys
+
+from llmkit.cli import build_parser, main
+
+
+def _llmkit(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "llmkit", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_pipeline_runs_the_data_stage_then_reuses_it(tmp_path):
+    r = _llmkit("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "[data] done in" in r.stdout and "# Data stage report" in r.stdout
+    out = tmp_path / "runs" / "smoke" / "data"
+    for name in ("blocks", "tokenizer", "report.md", "metrics.json", "removed.jsonl"):
+        assert (out / name).exists(), name
+    r = _llmkit("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0 and "[data] reused" in r.stdout
+
+
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\nnot json\n')
+    assert main(["data", "--run-dir", str(tmp_path / "run"), "--corpus", str(bad), "--quiet"]) == 2
+    assert f"{bad}:2: malformed JSON line" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "data").exists()
+    assert main(["pipeline", "--run-dir", str(tmp_path / "run"), "--stages", "data,sft"]) == 2
+    assert "unknown stage(s) sft" in capsys.readouterr().err
+
+
+def test_help_lists_every_data_option():
+    help_text = build_parser()._subparsers._group_actions[0].choices["data"].format_help()
+    for option in ("--corpus", "--text-field", "--vocab-size", "--block-size", "--minhash-threshold",
+                   "--language-model", "--overwrite", "--run-dir"):
+        assert option in help_text
