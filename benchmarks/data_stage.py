@@ -23,10 +23,10 @@ generator labelled every document (data_samples/corpus_labels.jsonl):
    documents that passed the quality filters, before exact dedup, so that both must also catch the exact
    copies. Scored against the labels: recall on exact_dup + near_dup documents, precision of removals.
 
-The machine is a small shared CPU box; timings are wall clock from one run (time.perf_counter) and move by
-tens of percent between runs. datatrove runs with one task per stage and one worker (no process pool), as
-a notebook-sized corpus would; its times include reading and writing its jsonl files and the executor's
-bookkeeping, which is how datatrove is used.
+Timings are wall clock (time.perf_counter) from a single pass on a shared CPU box, so they move between
+runs, more when the machine is busy; compare rows of the same run. datatrove runs with one worker (no
+process pool; the 14 bucket tasks of MinHash stage 2 run one after another), and its times include
+reading and writing its jsonl files and the executor's bookkeeping, which is how datatrove is used.
 """
 
 from __future__ import annotations

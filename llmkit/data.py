@@ -58,7 +58,7 @@ class DataConfig:
     text_field: str | None = None  # None: detect (text, content, document, body, raw_content)
     max_documents: int | None = None  # read only the first N documents (smoke runs)
     # cleaning
-    normalize: bool = True
+    normalize: bool = True  # also needed by the filters: stray "\r" lines count as duplicate lines for Gopher
     gopher_repetition: bool = True
     gopher_quality: bool = True
     c4: bool = True
@@ -159,6 +159,10 @@ class PIIRedactor(PIIFormatter):
     name = "pii"
 
     def __init__(self, phone_replacement: str = "+1 555 0100", **kwargs):
+        # one fixed replacement each (datatrove cycles through several), so the output does not depend on
+        # the order documents arrive in, in-process or on an executor
+        kwargs.setdefault("email_replacement", "email@example.com")
+        kwargs.setdefault("ip_replacement", "22.214.171.124")
         super().__init__(**kwargs)
         self.phone_replacer = PIIReplacer(PHONE_REGEX, phone_replacement, validator=_looks_like_phone)
 

@@ -129,3 +129,31 @@ def test_exact_and_near_dedup_keep_the_first_copy():
     assert [k["id"] for k in kept] == ["a", "d"]
     reasons = {r["id"]: (r["rule"], r["duplicate_of"]) for r in ledger.removed}
     assert reasons == {"b": ("exact_dedup", "a"), "c": ("minhash_dedup", "a")}
+
+
+def test_the_same_steps_run_on_a_datatrove_executor(tmp_path):
+    """The README's recipe: llmkit's steps between a datatrove reader and writer, on the local executor."""
+    import gzip
+
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from llmkit.data import datatrove_pipeline
+    from llmkit.loaders import bundled_path, load_documents
+
+    docs, _ = load_documents(bundled_path("corpus.jsonl"), max_documents=200)
+    (tmp_path / "in").mkdir()
+    for k in range(2):  # two shards, two tasks
+        with open(tmp_path / "in" / f"part{k}.jsonl", "w") as f:
+            for d in docs[k::2]:
+                f.write(json.dumps(d) + "\n")
+    steps = [JsonlReader(str(tmp_path / "in")), *datatrove_pipeline(DataConfig()), PIIRedactor(),
+             JsonlWriter(str(tmp_path / "out"))]
+    LocalPipelineExecutor(pipeline=steps, tasks=2, workers=1, logging_dir=str(tmp_path / "logs")).run()
+    out = [json.loads(line) for p in sorted((tmp_path / "out").glob("*.jsonl.gz"))
+           for line in gzip.open(p, "rt")]
+    ledger = Ledger()
+    in_process = data.clean_corpus(docs, DataConfig(exact_dedup=False, minhash_dedup=False), ledger, progress=False)
+    assert sorted(d["id"] for d in out) == sorted(d["id"] for d in in_process)
+    assert {d["id"]: d["text"] for d in out} == {d["id"]: d["text"] for d in in_process}
