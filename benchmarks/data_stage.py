@@ -146,10 +146,9 @@ def datatrove_minhash(docs: list[dict], workdir: Path) -> tuple[dict, set[str]]:
     with open(root / "input" / "docs.jsonl", "w", encoding="utf-8") as f:
         for d in docs:
             f.write(json.dumps({"id": d["id"], "text": d["text"]}, ensure_ascii=False) + "\n")
-    # FineWeb's settings (word 5-grams, 14 buckets x 8 hashes, 64-bit), but sha1 shingle hashes: datatrove's
-    # default xxhash passes str to xxhash, which xxhash >= 4 refuses (datatrove pins xxhash < 4; this venv
-    # has 4.x, pulled in by another package).
-    config = MinhashConfig(hash_config=HashConfig(precision=64, hash_fc="sha1"))
+    # FineWeb's settings: word 5-grams, 14 buckets x 8 hashes, 64-bit xxhash (needs xxhash < 4, pinned in
+    # pyproject.toml as datatrove[processing] does)
+    config = MinhashConfig(hash_config=HashConfig(precision=64, hash_fc="xxhash"))
     folder = {name: str(root / name) for name in ("input", "signatures", "buckets", "remove", "removed", "kept")}
 
     def reader():
@@ -300,7 +299,7 @@ def main() -> None:
     dups = score_dedup(filtered, set(), labels)["duplicates"]
     mh_rows = []
     for name, settings, timing, removed in [
-        ("datatrove MinHash stages 1–4", "5-grams, 14×8 (sha1), clusters", dt_mh, dt_removed),
+        ("datatrove MinHash stages 1–4", "5-grams, 14×8 (xxhash), clusters", dt_mh, dt_removed),
         ("llmkit `minhash_dedup` (datasketch)", "5-grams, 20×5, Jaccard ≥ 0.7 verified", lk_mh, lk_removed),
     ]:
         s = score_dedup(filtered, removed, labels)
