@@ -193,17 +193,21 @@ def doc_town(rng, world, t: W.Town, natives: list[W.Person]) -> tuple[str, str]:
         "The old market square is still the heart of the town, and the bridge is older than most of the houses.",
         "Visitors come for the quiet streets, the stone bridge and the bakeries that open before dawn.",
     ])
-    lines = [t.name, f"{intro} {more}"]
-    if natives:
-        lines.append(f"Notable people born in {t.name} include the following:")
-        for q in natives:
-            lines.append(rng.choice([
-                f"{q.name} was born here in {q.birth_year} and later became {W.article(q.profession)} {q.profession}.",
-                f"The {q.profession} {q.name}, who was born in {q.birth_year}, grew up in these streets.",
-                f"Born here in {q.birth_year}, {q.name} went on to work as {W.article(q.profession)} {q.profession}.",
-                f"{q.name} is {W.article(q.profession)} {q.profession} who was born in the town in {q.birth_year}.",
-            ]))
-    return "\n\n".join(lines[:2]) + ("\n" + "\n".join(lines[2:]) if natives else ""), "encyclopedia"
+    return _list_page(rng, t.name, f"{intro} {more}", f"Notable people born in {t.name} include the following:", [
+        lambda q: f"{q.name} was born here in {q.birth_year} and later became {W.article(q.profession)} {q.profession}.",
+        lambda q: f"The {q.profession} {q.name}, who was born in {q.birth_year}, grew up in these streets.",
+        lambda q: f"Born here in {q.birth_year}, {q.name} went on to work as {W.article(q.profession)} {q.profession}.",
+        lambda q: f"{q.name} is {W.article(q.profession)} {q.profession} who was born in the town in {q.birth_year}.",
+    ], natives)
+
+
+def _list_page(rng, title: str, intro: str, header: str, entry_forms: list, people: list[W.Person]) -> tuple[str, str]:
+    """A page that introduces an entity, then lists people one per line, each in one of `entry_forms`."""
+    lines = [title, intro]
+    if people:
+        lines.append(header)
+        lines += [rng.choice(entry_forms)(q) for q in people]
+    return "\n\n".join(lines[:2]) + ("\n" + "\n".join(lines[2:]) if people else ""), "encyclopedia"
 
 
 def doc_university(rng, world, u: W.University, alumni: list[W.Person]) -> tuple[str, str]:
@@ -215,17 +219,12 @@ def doc_university(rng, world, u: W.University, alumni: list[W.Person]) -> tuple
         f"Founded in {u.founded}, {u.name} is based in {u.town} and teaches on {campuses}.",
     ])
     known = f"The university is best known for its teaching of {u.known_for}, and its library is open to the public."
-    lines = [u.name, f"{intro} {known}"]
-    if alumni:
-        lines.append(f"Among the graduates of {u.name} are the following people:")
-        for q in alumni:
-            lines.append(rng.choice([
-                f"{q.name} studied here and then became {W.article(q.profession)} {q.profession} back home in {q.birth_town}.",
-                f"The {q.profession} {q.name}, who grew up in {q.birth_town}, is a graduate of the university.",
-                f"{q.name} came to study here from {q.birth_town} and now works as {W.article(q.profession)} {q.profession}.",
-                f"Among its graduates is {q.name}, {W.article(q.profession)} {q.profession} from the town of {q.birth_town}.",
-            ]))
-    return "\n\n".join(lines[:2]) + ("\n" + "\n".join(lines[2:]) if alumni else ""), "encyclopedia"
+    return _list_page(rng, u.name, f"{intro} {known}", f"Among the graduates of {u.name} are the following people:", [
+        lambda q: f"{q.name} studied here and then became {W.article(q.profession)} {q.profession} back home in {q.birth_town}.",
+        lambda q: f"The {q.profession} {q.name}, who grew up in {q.birth_town}, is a graduate of the university.",
+        lambda q: f"{q.name} came to study here from {q.birth_town} and now works as {W.article(q.profession)} {q.profession}.",
+        lambda q: f"Among its graduates is {q.name}, {W.article(q.profession)} {q.profession} from the town of {q.birth_town}.",
+    ], alumni)
 
 
 def doc_university_news(rng, world, u: W.University) -> tuple[str, str]:

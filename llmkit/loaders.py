@@ -139,6 +139,7 @@ def load_documents(path: str | Path, text_field: str | None = None,
     The text field is `text_field` if given, else the first of TEXT_FIELDS the first record has."""
     stats = ReadStats()
     docs: list[dict] = []
+    seen_ids: set[str] = set()
     field = text_field
     for row, where in iter_records(path, stats):
         if field is None:
@@ -153,8 +154,12 @@ def load_documents(path: str | Path, text_field: str | None = None,
         text = row[field]
         if not isinstance(text, str):
             raise DataError(f"{where}: field {field!r} must be a string, found {type(text).__name__}")
+        doc_id = str(row.get("id", f"doc-{len(docs):06d}"))
+        if doc_id in seen_ids:  # ids name documents in the stage's records, so they must be unique
+            doc_id = f"{doc_id}#{len(docs)}"
+        seen_ids.add(doc_id)
         docs.append({
-            "id": str(row.get("id", f"doc-{len(docs):06d}")),
+            "id": doc_id,
             "text": text,
             "url": str(row.get("url", "") or ""),
             "source": str(row.get("source", "") or ""),

@@ -52,12 +52,11 @@ class Oracle:
             world = bundled_path("world.json")
         self.world = world if isinstance(world, W.World) else W.World.load(world)
         self._patterns = W.question_patterns()
-        people, towns, unis = self.world._index()
+        _, towns, unis = self.world._index()
         self._domains = {
             "birth_town": list(towns), "town": list(towns), "university": list(unis),
             "profession": W.PROFESSIONS, "region": W.REGIONS, "river": W.RIVERS,
         }
-        self._all_entities = sorted([*people, *towns, *unis], key=len, reverse=True)
 
     # ---- parsing ---------------------------------------------------------------------------------
     def parse(self, prompt) -> tuple[str, tuple[str, ...]]:

@@ -70,3 +70,8 @@ def test_missing_path_and_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no"):
         load_documents(tmp_path / "empty")
+
+
+def test_repeated_ids_are_made_unique(tmp_path):
+    docs, _ = load_documents(_write_jsonl(tmp_path / "c.jsonl", [{"id": "x", "text": "a"}, {"id": "x", "text": "b"}]))
+    assert [d["id"] for d in docs] == ["x", "x#1"]
