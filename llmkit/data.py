@@ -116,7 +116,7 @@ def run(config: DataConfig, run_dir: str | Path, overwrite: bool = False, progre
         _write_jsonl(tmp / "documents.jsonl", kept)
         _write_jsonl(tmp / "removed.jsonl", ledger.removed)
         _write_jsonl(tmp / "changes.jsonl", ledger.changes)
-        rules = ledger.per_rule(docs, tokenizer)
+        rules = ledger.per_rule(docs, tokenizer, rule_order(config))
         metrics = {
             "documents_in": len(docs),
             "documents_out": len(kept),
@@ -194,6 +194,14 @@ def datatrove_pipeline(config: DataConfig) -> list:
     return steps
 
 
+def rule_order(config: DataConfig) -> list[str]:
+    """The names of the rules `clean_corpus` applies, in order."""
+    order = [RULE_NAMES.get(type(step), type(step).__name__) for step in datatrove_pipeline(config)]
+    order += [name for name, on in (("exact_dedup", config.exact_dedup), ("minhash_dedup", config.minhash_dedup),
+                                    ("pii", config.redact_pii)) if on]
+    return order
+
+
 RULE_NAMES = {
     Normalizer: "normalize", GopherRepetitionFilter: "gopher_repetition", GopherQualityFilter: "gopher_quality",
     C4QualityFilter: "c4", FineWebQualityFilter: "fineweb", PIIRedactor: "pii",
@@ -234,18 +242,27 @@ class Ledger:
         self.changes.append({"id": doc_id, "rule": rule, "reason": reason,
                              "chars_before": len(before), "chars_after": len(after)})
 
-    def per_rule(self, docs: list[dict], tokenizer) -> dict:
-        """Documents removed and changed, and tokens removed, per rule."""
-        out: dict = defaultdict(lambda: {"removed": 0, "changed": 0, "tokens_removed": 0, "reasons": Counter()})
-        texts = [r["text"] for r in self.removed]
-        lengths = [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-        for r, n in zip(self.removed, lengths):
-            out[r["rule"]]["removed"] += 1
-            out[r["rule"]]["tokens_removed"] += n
-            out[r["rule"]]["reasons"][_reason_key(r["reason"])] += 1
-        for c in self.changes:
-            out[c["rule"]]["changed"] += 1
-        return {k: {**v, "reasons": dict(v["reasons"].most_common())} for k, v in out.items()}
+    def per_rule(self, docs: list[dict], tokenizer, order: list[str]) -> dict:
+        """Per rule, in pipeline order: documents and tokens in and out, documents changed, top reasons.
+
+        Tokens are counted on each document's raw text, so a rule's tokens out = its tokens in minus the
+        tokens of the documents it removed (text a rule changed is not recounted)."""
+        lengths = tokenizer([d["text"] for d in docs], add_special_tokens=False)["input_ids"]
+        tokens_of = {d["id"]: len(ids) for d, ids in zip(docs, lengths)}
+        rules = order + sorted({r["rule"] for r in self.removed} - set(order))
+        out: dict = {}
+        n_docs, n_tokens = len(docs), sum(tokens_of.values())
+        for rule in rules:
+            gone = [r for r in self.removed if r["rule"] == rule]
+            removed_tokens = sum(tokens_of[r["id"]] for r in gone)
+            out[rule] = {
+                "documents_in": n_docs, "documents_out": n_docs - len(gone), "removed": len(gone),
+                "changed": sum(c["rule"] == rule for c in self.changes),
+                "tokens_in": n_tokens, "tokens_out": n_tokens - removed_tokens, "tokens_removed": removed_tokens,
+                "reasons": dict(Counter(_reason_key(r["reason"]) for r in gone).most_common()),
+            }
+            n_docs, n_tokens = n_docs - len(gone), n_tokens - removed_tokens
+        return out
 
     def summary_table(self, docs: list[dict], kept: list[dict]) -> str:
         counts = Counter(r["rule"] for r in self.removed)
@@ -395,7 +412,9 @@ def make_blocks(docs: list[dict], tokenizer, config: DataConfig):
     blocks, stats = {}, {}
     for name, rows in splits.items():
         ds = Dataset.from_dict({"text": [r["text"] for r in rows]})
-        blocks[name], stats[name] = pack_sequences(ds, tokenizer, config.block_size, config.num_proc)
+        # worker processes take about a second to start: worth it only for many documents
+        num_proc = config.num_proc if len(rows) >= 20_000 else 1
+        blocks[name], stats[name] = pack_sequences(ds, tokenizer, config.block_size, num_proc)
     if len(blocks["train"]) == 0:
         raise DataError(
             f"the cleaned corpus ({stats['train']['tokens']} training tokens) is too small for one block of "
@@ -410,11 +429,13 @@ def render_report(m: dict) -> str:
         "# Data stage report", "",
         f"Documents in: {m['documents_in']} · kept: {m['documents_out']} · removed: {m['documents_removed']} · "
         f"changed: {m['documents_changed']}", "",
-        "| rule | removed | changed | tokens removed | top reasons |", "|---|---:|---:|---:|---|",
+        "| rule (in order) | documents in → out | changed | tokens in → out | top reasons for removal |",
+        "|---|---:|---:|---:|---|",
     ]
     for rule, r in m["rules"].items():
         reasons = ", ".join(f"{k} ({v})" for k, v in list(r["reasons"].items())[:3])
-        lines.append(f"| {rule} | {r['removed']} | {r['changed']} | {r['tokens_removed']} | {reasons} |")
+        lines.append(f"| {rule} | {r['documents_in']} → {r['documents_out']} | {r['changed']} | "
+                     f"{r['tokens_in']} → {r['tokens_out']} | {reasons} |")
     lines += [
         "", f"Language identification: {m['language_id']}.",
         f"Undecodable characters replaced while reading: {m['replaced_undecodable_chars']}.", "",

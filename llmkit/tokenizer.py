@@ -75,8 +75,7 @@ def pack_sequences(dataset, tokenizer, block_size: int, num_proc: int = 1, text_
         n = len(stream) // block_size * block_size
         return {"input_ids": [stream[i:i + block_size] for i in range(0, n, block_size)]}
 
-    # worker processes cost about a second to start: worth it only for corpora of many documents
-    nproc = num_proc if num_proc > 1 and len(dataset) >= 20_000 else None
+    nproc = num_proc if num_proc > 1 else None
     tokenized = dataset.map(tokenize, batched=True, num_proc=nproc, remove_columns=dataset.column_names,
                             desc="tokenize")
     stats = {

@@ -34,8 +34,13 @@ def test_outputs_follow_the_stage_contract(data_run):
     assert metrics["documents_out"] + metrics["documents_removed"] == metrics["documents_in"]
     assert set(metrics["rules"]) >= {"gopher_repetition", "gopher_quality", "exact_dedup", "minhash_dedup", "pii"}
     report = (out / "report.md").read_text()
-    for rule in metrics["rules"]:
-        assert f"| {rule} |" in report
+    rules = list(metrics["rules"].values())
+    assert rules[0]["documents_in"] == metrics["documents_in"]
+    assert rules[-1]["documents_out"] == metrics["documents_out"]
+    for before, after in zip(rules, rules[1:]):
+        assert before["documents_out"] == after["documents_in"] and before["tokens_out"] == after["tokens_in"]
+    for rule, r in metrics["rules"].items():
+        assert f"| {rule} | {r['documents_in']} → {r['documents_out']} |" in report
     removed = read_jsonl(out / "removed.jsonl")
     kept_ids = {d["id"] for d in read_jsonl(out / "documents.jsonl")}
     assert all(r["rule"] and r["reason"] for r in removed)
@@ -157,3 +162,16 @@ def test_the_same_steps_run_on_a_datatrove_executor(tmp_path):
     in_process = data.clean_corpus(docs, DataConfig(exact_dedup=False, minhash_dedup=False), ledger, progress=False)
     assert sorted(d["id"] for d in out) == sorted(d["id"] for d in in_process)
     assert {d["id"]: d["text"] for d in out} == {d["id"]: d["text"] for d in in_process}
+
+
+def test_packing_with_worker_processes_gives_the_same_blocks(data_run):
+    from datasets import Dataset
+
+    from llmkit.tokenizer import pack_sequences
+
+    tok = load_tokenizer(data_run.output_dir / "tokenizer")
+    texts = [d["text"] for d in read_jsonl(data_run.output_dir / "documents.jsonl")[:300]]
+    one, s1 = pack_sequences(Dataset.from_dict({"text": texts}), tok, 64, num_proc=1)
+    two, s2 = pack_sequences(Dataset.from_dict({"text": texts}), tok, 64, num_proc=2)
+    assert s1["tokens"] == s2["tokens"] and s1["bytes"] == sum(len(t.encode()) for t in texts)
+    assert one["input_ids"][:5] == two["input_ids"][:5] and abs(len(one) - len(two)) <= 2
