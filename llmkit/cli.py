@@ -1,7 +1,8 @@
 """The `llmkit` command: the same stage functions the notebooks call, for people who prefer a shell.
 
-    llmkit pipeline [--run-dir runs/demo] [--preset tiny] [--stages data] [--corpus PATH] [--overwrite]
+    llmkit pipeline [--run-dir runs/demo] [--preset tiny] [--stages data,pretrain] [--corpus PATH] [--overwrite]
     llmkit data --run-dir DIR [--corpus PATH] [--text-field NAME] [--vocab-size N] [--block-size N] ...
+    llmkit pretrain --run-dir DIR [--data PATH] [--base-model PATH] [--depth N] [--max-steps N] ...
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from llmkit import data
+from llmkit import data, pretrain
 from llmkit.loaders import DataError
 from llmkit.runs import StageExistsError
 
-# Stages in pipeline order; later issues add pretrain, sft, reward, ppo.
-STAGES = ["data"]
+PRESET_CHOICES = list(data.PRESETS)
+# Stages in pipeline order; later issues add sft, reward, ppo.
+STAGES = ["data", "pretrain"]
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -42,6 +44,29 @@ def _data_config(args: argparse.Namespace) -> data.DataConfig:
     return data.config_for(args.preset, **overrides)
 
 
+def _add_pretrain_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pretrain stage")
+    g.add_argument("--base-model", help="local transformers causal-LM folder to continue pretraining from")
+    g.add_argument("--data", dest="pretrain_data", help="blocks folder or text files/folders to train on "
+                                                        "(default: RUN_DIR/data/blocks)")
+    g.add_argument("--depth", type=int, help="model depth; width, heads and learning rate follow")
+    g.add_argument("--max-steps", type=int, help="optimizer steps")
+    g.add_argument("--batch-size", type=int, help="sequences per optimizer step, over all devices")
+    g.add_argument("--micro-batch-size", type=int, help="sequences per forward pass on one device")
+    g.add_argument("--seq-len", type=int, help="tokens per training row")
+    g.add_argument("--learning-rate", type=float, help="peak learning rate")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+
+
+def _pretrain_config(args: argparse.Namespace) -> pretrain.PretrainConfig:
+    overrides = {k: v for k, v in {
+        "base_model": args.base_model, "data": args.pretrain_data, "depth": args.depth, "max_steps": args.max_steps,
+        "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "seq_len": args.seq_len,
+        "learning_rate": args.learning_rate, "compile": args.compile or None, "text_field": args.text_field,
+    }.items() if v is not None}
+    return pretrain.config_for(args.preset, **overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llmkit", description="Build a ChatGPT-style assistant stage by stage.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -50,12 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the pipeline's stages in order. A finished stage is reused unless "
                                    "--overwrite is given.")
     p.add_argument("--run-dir", default="runs/demo", help="run folder (default: runs/demo)")
-    p.add_argument("--preset", default="tiny", choices=list(data.PRESETS), help="size preset (default: tiny)")
+    p.add_argument("--preset", default="tiny", choices=PRESET_CHOICES, help="size preset (default: tiny)")
     p.add_argument("--stages", default=",".join(STAGES),
                    help=f"comma-separated stages to run, from: {','.join(STAGES)} (default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace finished stages instead of reusing them")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_data_options(p)
+    _add_pretrain_options(p)
 
     p = sub.add_parser("data", help="clean, deduplicate and tokenize a corpus into packed blocks",
                        description=data.__doc__.split("\n\n")[0])
@@ -64,12 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a finished data stage")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_data_options(p)
+
+    p = sub.add_parser("pretrain", help="train a language model on the data stage's blocks or on text",
+                       description=pretrain.__doc__.split("\n\n")[0])
+    p.add_argument("--run-dir", required=True, help="run folder; the stage writes RUN_DIR/pretrain/")
+    p.add_argument("--preset", default="tiny", choices=PRESET_CHOICES)
+    p.add_argument("--overwrite", action="store_true", help="start again instead of reusing or resuming")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--text-field", help="field holding the text in jsonl/parquet data")
+    _add_pretrain_options(p)
     return ap
 
 
 def run_stage(stage: str, args: argparse.Namespace):
     if stage == "data":
         return data.run(_data_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+    if stage == "pretrain":
+        return pretrain.run(_pretrain_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
     raise ValueError(f"unknown stage {stage!r}; available: {', '.join(STAGES)}")
 
 
@@ -90,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             report = Path(result.output_dir) / "report.md"
             if report.exists() and not result.reused:
                 print(report.read_text(encoding="utf-8"))
-    except (DataError, StageExistsError, FileNotFoundError) as e:
+            if stage == "pretrain" and not result.reused:
+                m = result.metrics
+                print(f"  val loss {m['val_loss']:.3f} · {m['val_bpb']:.3f} bits/byte · {m['tokens_per_s']:.0f} tok/s"
+                      f" · MFU {m['mfu']:.0%}" + (f" · fact completion {m['fact_completion']:.2f}" if "fact_completion" in m else ""))
+    except (DataError, pretrain.PretrainError, StageExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -18,7 +18,7 @@ documents datasketch was faster and more precise here — see BENCHMARKS.md.)
 
 Files in `runs/<name>/data/`: documents.jsonl (kept, final text), removed.jsonl (text, rule, reason,
 duplicate_of), changes.jsonl (what a rule changed in a kept document), tokenizer/, blocks/ (a DatasetDict
-with train and validation splits of `input_ids`), report.md, config.json, metrics.json.
+with train and validation splits of `input_ids`), report.md, stage_config.json, metrics.json.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from llmkit import runs
 from llmkit.loaders import DataError, bundled_path, load_documents
-from llmkit.tokenizer import pack_sequences, train_tokenizer
+from llmkit.tokenizer import pack_sequences, tokenizer_fingerprint, train_tokenizer
 
 STAGE = "data"
 
@@ -84,6 +84,8 @@ class DataConfig:
 PRESETS: dict[str, dict] = {
     "tiny": {},
     "smoke": {"max_documents": 700, "vocab_size": 1024, "block_size": 128},
+    "small": {"vocab_size": 8192, "block_size": 512},  # GPU presets: bigger corpora want bigger numbers
+    "gpt2": {"vocab_size": 32768, "block_size": 1024},
 }
 
 
@@ -112,6 +114,7 @@ def run(config: DataConfig, run_dir: str | Path, overwrite: bool = False, progre
         with _datasets_progress(progress):
             blocks, pack_stats = make_blocks(kept, tokenizer, config)
             blocks.save_to_disk(str(tmp / "blocks"))
+        (tmp / "blocks" / "tokenizer_fingerprint.txt").write_text(tokenizer_fingerprint(tokenizer) + "\n")
 
         _write_jsonl(tmp / "documents.jsonl", kept)
         _write_jsonl(tmp / "removed.jsonl", ledger.removed)

@@ -15,6 +15,8 @@ The chat template wraps assistant text in `{% generation %}` … `{% endgenerati
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -88,6 +90,12 @@ def pack_sequences(dataset, tokenizer, block_size: int, num_proc: int = 1, text_
                                                      desc="pack")
     stats["blocks"] = len(blocks)
     return blocks, stats
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the vocabulary: two tokenizers with the same fingerprint map text to the same ids."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha1(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
 def load_tokenizer(path: str | Path):

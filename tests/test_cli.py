@@ -8,15 +8,17 @@ def _llmkit(*args, cwd):
     return subprocess.run([sys.executable, "-m", "llmkit", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def test_pipeline_runs_the_data_stage_then_reuses_it(tmp_path):
+def test_pipeline_runs_data_and_pretraining_then_reuses_them(tmp_path):
     r = _llmkit("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "[data] done in" in r.stdout and "# Data stage report" in r.stdout
+    assert "[pretrain] done in" in r.stdout and "bits/byte" in r.stdout
     out = tmp_path / "runs" / "smoke" / "data"
     for name in ("blocks", "tokenizer", "report.md", "metrics.json", "removed.jsonl"):
         assert (out / name).exists(), name
+    assert (tmp_path / "runs" / "smoke" / "pretrain" / "model.safetensors").exists()
     r = _llmkit("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=tmp_path)
-    assert r.returncode == 0 and "[data] reused" in r.stdout
+    assert r.returncode == 0 and "[data] reused" in r.stdout and "[pretrain] reused" in r.stdout
 
 
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
@@ -33,4 +35,10 @@ def test_help_lists_every_data_option():
     help_text = build_parser()._subparsers._group_actions[0].choices["data"].format_help()
     for option in ("--corpus", "--text-field", "--vocab-size", "--block-size", "--minhash-threshold",
                    "--language-model", "--overwrite", "--run-dir"):
+        assert option in help_text
+
+
+def test_pretrain_help_lists_its_options():
+    help_text = build_parser()._subparsers._group_actions[0].choices["pretrain"].format_help()
+    for option in ("--data", "--base-model", "--depth", "--max-steps", "--batch-size", "--seq-len", "--compile"):
         assert option in help_text

@@ -28,7 +28,7 @@ def test_data_stage_meets_the_closed_world_targets(data_run):
 
 def test_outputs_follow_the_stage_contract(data_run):
     out = data_run.output_dir
-    for name in ("documents.jsonl", "removed.jsonl", "changes.jsonl", "report.md", "config.json", "metrics.json"):
+    for name in ("documents.jsonl", "removed.jsonl", "changes.jsonl", "report.md", "stage_config.json", "metrics.json"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["documents_out"] + metrics["documents_removed"] == metrics["documents_in"]
@@ -62,7 +62,7 @@ def test_tokenizer_and_blocks_load_with_standard_tools(data_run):
     assert tok.decode(trained) == "In Ashford.<|im_end|>"
     blocks = load_from_disk(str(out / "blocks"))
     assert set(blocks) == {"train", "validation"}
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads((out / "stage_config.json").read_text())
     assert {len(x) for x in blocks["train"]["input_ids"]} == {config["block_size"]}
     n_bos = sum(x.count(tok.bos_token_id) for x in blocks["train"]["input_ids"])
     kept = data_run.metrics["train_documents"]
@@ -78,7 +78,7 @@ def test_finished_stage_is_reused_and_overwrite_failure_keeps_it(data_run, tmp_p
         data.run(DataConfig(corpus=str(tmp_path / "missing.jsonl")), out.parent, overwrite=True, progress=False)
     assert (out / "metrics.json").read_text() == before
     assert load_from_disk(str(out / "blocks"))["train"].num_rows > 0
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(".data.tmp")]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".data.")]
 
 
 def test_unfinished_folder_is_never_overwritten_silently(tmp_path):

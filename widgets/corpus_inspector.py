@@ -18,6 +18,7 @@ import ipywidgets as w
 
 from llmkit.data import read_jsonl
 from llmkit.loaders import bundled_path, load_documents
+from llmkit.runs import STAGE_CONFIG
 
 
 class CorpusInspector:
@@ -26,7 +27,7 @@ class CorpusInspector:
         self.kept = read_jsonl(self.stage_dir / "documents.jsonl")
         self.removed = read_jsonl(self.stage_dir / "removed.jsonl")
         self.changes = read_jsonl(self.stage_dir / "changes.jsonl")
-        config = json.loads((self.stage_dir / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((self.stage_dir / STAGE_CONFIG).read_text(encoding="utf-8"))
         corpus = config.get("corpus") or bundled_path("corpus.jsonl")
         raw, _ = load_documents(corpus, config.get("text_field"), config.get("max_documents"))
         self.raw = {d["id"]: d["text"] for d in raw}

@@ -1,0 +1,73 @@
+"""Closed-world measurements of a model: what it knows, measured against the world's facts.
+
+`fact_completion` asks a base model to continue sentences like "Ada Ashdown is a native of" and checks the
+continuation against the world. The prompts use wordings that occur in the corpus, but each person's
+facts were seen in several other wordings too — completing them means the model stored the fact, not one
+sentence.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmkit import world as W
+
+FACT_PROMPTS = {
+    "birth_town": "{n} is a native of",
+    "birth_year": "{n}'s year of birth is",
+    "profession": "By profession, {n} is",
+    "university": "{n} is a graduate of",
+}
+
+
+@torch.no_grad()
+def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int = 8, batch_size: int = 64,
+                         add_bos: bool = True) -> list[str]:
+    """Greedy continuations of raw-text prompts (no chat template), batched with left padding."""
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    out: list[str] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chunk = [(tokenizer.bos_token or "") + p if add_bos else p for p in prompts[i:i + batch_size]]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return out
+
+
+def fact_completion(model, tokenizer, world: W.World | None = None, people: list[str] | None = None,
+                    max_new_tokens: int = 8) -> dict:
+    """Fraction of (person, attribute) facts whose greedy continuation starts with the right value.
+
+    Returns {"fact_completion": overall, "<attribute>": per attribute, "examples": a few (prompt, output)}."""
+    from llmkit.loaders import bundled_path
+
+    world = world or W.World.load(bundled_path("world.json"))
+    persons = [world.person(n) for n in people] if people else world.people
+    result: dict = {}
+    examples = []
+    correct_total = 0
+    for attr, template in FACT_PROMPTS.items():
+        prompts = [template.format(n=p.name) for p in persons]
+        outs = greedy_continuations(model, tokenizer, prompts, max_new_tokens)
+        correct = 0
+        for p, prompt, text in zip(persons, prompts, outs):
+            answer = text.strip()
+            if attr == "profession":  # "a baker." / "an architect."
+                answer = answer.split(" ", 1)[1] if answer.split(" ", 1)[0] in ("a", "an") and " " in answer else answer
+            correct += answer.startswith(str(getattr(p, attr)))
+            if len(examples) < 8 and p is persons[0]:
+                examples.append({"prompt": prompt, "output": text, "expected": str(getattr(p, attr))})
+        result[attr] = correct / len(persons)
+        correct_total += correct
+    result["fact_completion"] = correct_total / (len(persons) * len(FACT_PROMPTS))
+    result["examples"] = examples
+    return result

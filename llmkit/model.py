@@ -1,0 +1,86 @@
+"""Model presets: standard transformers LLaMA models whose size follows from one dial, the depth.
+
+A preset is a plain `LlamaConfig` (RMSNorm, RoPE, SwiGLU, tied embeddings, sdpa attention), so every
+checkpoint llmkit writes is an ordinary `save_pretrained` folder that `AutoModelForCausalLM` loads.
+
+The dial (after nanochat): width = 64 · depth, one attention head per 64 dimensions, a SwiGLU hidden size
+of 8/3 · width (rounded to a multiple of 64, so the MLP has the parameters of a 4× GELU MLP), and a peak
+learning rate that shrinks with width (∝ 1/√width, anchored at 3e-3 for width 256 — small models tolerate
+large steps). Depth 4 is the CPU `tiny` preset (~3.6 M parameters with a 2k vocabulary); depth 12 with
+GPT-2's 50k vocabulary is GPT-2-small-sized (~124 M).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    depth: int
+    seq_len: int
+    batch_size: int  # sequences per optimizer step, before gradient accumulation is split out
+
+    @property
+    def width(self) -> int:
+        return 64 * self.depth
+
+    @property
+    def learning_rate(self) -> float:
+        return 3e-3 * math.sqrt(256 / self.width)
+
+
+PRESETS: dict[str, ModelPreset] = {
+    "tiny": ModelPreset(depth=4, seq_len=128, batch_size=32),  # CPU, the embedded default
+    "small": ModelPreset(depth=8, seq_len=512, batch_size=64),  # one consumer GPU, ~30 M
+    "gpt2": ModelPreset(depth=12, seq_len=1024, batch_size=256),  # GPT-2-small-sized, ~124 M with a 50k vocab
+}
+
+
+def llama_config(depth: int, vocab_size: int, max_position_embeddings: int = 2048, **overrides):
+    """A LlamaConfig from the depth dial (see the module docstring)."""
+    from transformers import LlamaConfig
+
+    width = 64 * depth
+    hidden = 64 * round(8 / 3 * width / 64)
+    cfg = dict(
+        vocab_size=vocab_size, hidden_size=width, intermediate_size=hidden, num_hidden_layers=depth,
+        num_attention_heads=max(1, width // 64), num_key_value_heads=max(1, width // 64),
+        max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings=True, attention_bias=False, mlp_bias=False, initializer_range=0.02,
+        attn_implementation="sdpa",
+    )
+    cfg.update(overrides)
+    return LlamaConfig(**cfg)
+
+
+def build_model(depth: int, tokenizer, max_position_embeddings: int = 2048, seed: int = 0, **overrides):
+    """A freshly initialised LlamaForCausalLM sized by `depth`, matched to `tokenizer`'s vocabulary."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    config = llama_config(depth, len(tokenizer), max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **overrides)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def parameter_counts(model) -> dict[str, int]:
+    """Parameters by part: embedding (shared with the output head when tied), attention, MLP, norms."""
+    parts = {"embedding": 0, "attention": 0, "mlp": 0, "norm": 0, "other": 0}
+    for name, p in model.named_parameters():
+        key = ("embedding" if "embed" in name or "lm_head" in name else "attention" if "self_attn" in name
+               else "mlp" if ".mlp." in name else "norm" if "norm" in name else "other")
+        parts[key] += p.numel()
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token: 6 · (non-embedding parameters) + the attention score term, 12 · L · d · T
+    (Kaplan et al. 2020, as nanoGPT and nanochat count it). The tied output projection is a matmul too, so
+    its parameters count once."""
+    cfg = model.config
+    n = sum(p.numel() for p in model.parameters())
+    return 6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len

@@ -1,0 +1,523 @@
+"""Pretraining: next-token prediction on the packed blocks of the data stage (or on your own text).
+
+    loss = − mean over tokens of log p(token_t | tokens_<t)
+    bits per byte = loss · (tokens / bytes) / ln 2
+
+The loop is the classic one (nanoGPT's), run through accelerate so that the same code uses a CPU, one GPU
+or many: AdamW (β = 0.9, 0.95; weight decay on matrices only), linear warmup then cosine decay to
+`min_lr_ratio` of the peak, gradient clipping, gradient accumulation so that the global batch stays the
+same whatever the number of devices, bf16 autocast and optional `torch.compile` on GPU.
+
+Every `eval_every` steps it measures validation loss and **bits per byte** (a tokenizer-independent unit:
+runs with different tokenizers compare), throughput and **MFU** (model FLOPs utilisation: achieved
+training FLOPs per second over the hardware's peak — measured here for a CPU, nominal for known GPUs).
+
+Checkpoints (`accelerate.save_state`: weights, optimizer, scheduler, RNG states) plus the step go to
+`.pretrain.partial/checkpoints/`; the order of the training data is a pure function of (seed, step), so a
+resumed run sees exactly the batches an uninterrupted one would have. The finished model is a plain
+`save_pretrained` folder with its tokenizer in `runs/<name>/pretrain/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from llmkit import runs
+from llmkit.model import PRESETS, build_model, flops_per_token, parameter_counts
+from llmkit.tokenizer import tokenizer_fingerprint
+
+STAGE = "pretrain"
+
+
+class PretrainError(ValueError):
+    """Bad input to pretraining: the message says what is wrong and what is accepted."""
+
+
+@dataclass
+class PretrainConfig:
+    preset: str = "tiny"  # model size and batch defaults: see llmkit.model.PRESETS
+    depth: int | None = None  # overrides the preset's depth (width, heads and learning rate follow)
+    base_model: str | None = None  # a local transformers causal-LM folder: continued pretraining
+    data: str | None = None  # None: RUN_DIR/data/blocks; else a blocks folder, or text files/folders to tokenize
+    text_field: str | None = None  # for jsonl/parquet text data
+    seq_len: int | None = None  # tokens per training row (default: the preset's); documents are re-packed
+    batch_size: int | None = None  # sequences per optimizer step, over all devices
+    micro_batch_size: int | None = None  # sequences per forward pass on one device
+    max_steps: int = 340
+    learning_rate: float | None = None
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 50
+    eval_sequences: int = 64
+    save_every: int = 50
+    sample_prompts: list[str] = field(default_factory=list)  # empty: a few closed-world or corpus prompts
+    fact_completion: bool | None = None  # None: on when the data is the bundled closed world
+    mixed_precision: str = "auto"  # "auto" (bf16 on a GPU that has it), "bf16", "fp16" or "no"
+    compile: bool = False  # torch.compile the model (GPU; on CPU the compile time outweighs the gain)
+    keep_checkpoints: bool = False  # keep .../pretrain/checkpoints after finishing
+    seed: int = 0
+
+
+# CLI presets: the model presets of llmkit.model, plus "smoke" (a two-layer model, a few steps) for tests.
+STEP_PRESETS = {"smoke": {"preset": "tiny", "depth": 2, "max_steps": 20, "eval_every": 10, "save_every": 10,
+                          "batch_size": 16}}
+
+
+def config_for(preset: str = "tiny", **overrides) -> PretrainConfig:
+    if preset in STEP_PRESETS:
+        return PretrainConfig(**{**STEP_PRESETS[preset], **overrides})
+    if preset not in PRESETS:
+        raise PretrainError(f"unknown preset {preset!r}; choose one of {', '.join([*PRESETS, *STEP_PRESETS])}")
+    return PretrainConfig(preset=preset, **overrides)
+
+
+def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
+        callbacks: tuple = ()) -> runs.StageResult:
+    """Train (or resume training) and write RUN_DIR/pretrain. `callbacks`: objects with `on_log(record)`,
+    called with every log record (the live monitor in widgets/ is one)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    final, work = runs.reuse_or_start(run_dir, STAGE, overwrite, resumable=True)
+    if work is None:
+        return runs.StageResult(STAGE, final, runs.read_metrics(final), reused=True)
+    run_dir = Path(run_dir)
+    preset = _preset(config)
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision))
+    set_seed(config.seed)
+
+    tokenizer, model = _model_and_tokenizer(config, run_dir, preset.depth)
+    blocks, val, bytes_per_token = load_training_data(config, run_dir, tokenizer, preset.seq_len)
+    check_vocabulary(blocks, model)
+    seq_len = config.seq_len or preset.seq_len
+    train = PackedEpochs(split_documents(blocks, tokenizer.bos_token_id), seq_len, config.seed)
+    val = val.flatten()[: len(val.flatten()) // seq_len * seq_len].view(-1, seq_len)
+    if config.compile:
+        model = torch.compile(model)
+
+    world_size = accelerator.num_processes
+    batch = config.batch_size or preset.batch_size
+    micro = min(config.micro_batch_size or batch // world_size, batch // world_size)
+    if batch % (micro * world_size):
+        raise PretrainError(f"batch_size {batch} must be a multiple of micro_batch_size {micro} × {world_size} processes")
+    accumulation = batch // (micro * world_size)
+    lr = config.learning_rate or preset.learning_rate
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95),
+                                  fused=accelerator.device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    checkpoints = work / "checkpoints"
+    start_step, elapsed = resume_from(checkpoints, accelerator)
+    log_path = work / "log.jsonl"
+    if log_path.exists() and accelerator.is_main_process:  # forget what came after the checkpoint
+        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        log_path.write_text("".join(line + "\n" for line in kept) if start_step else "")
+
+    n_flops = flops_per_token(accelerator.unwrap_model(model), seq_len)
+    peak = peak_flops(accelerator.device)
+    closed_world = config.fact_completion if config.fact_completion is not None else _is_closed_world(config, run_dir)
+    prompts = config.sample_prompts or _default_prompts(closed_world, tokenizer, val)
+
+    def log(record: dict) -> None:
+        if accelerator.is_main_process:
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            for cb in callbacks:
+                cb.on_log(record)
+
+    bar = _progress(progress and accelerator.is_main_process, config.max_steps, start_step)
+    model.train()
+    tokens_seen = start_step * batch * seq_len
+    window_start, window_tokens = time.perf_counter(), 0
+    for step in range(start_step, config.max_steps):
+        mine = train.rows(step, batch)[accelerator.process_index::world_size]
+        step_loss = torch.zeros((), device=accelerator.device)
+        for k in range(accumulation):
+            x = mine[k * micro:(k + 1) * micro].to(accelerator.device)
+            with accelerator.autocast():
+                loss = model(input_ids=x, labels=x).loss / accumulation
+            accelerator.backward(loss)
+            step_loss += loss.detach()
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens_seen += batch * seq_len
+        window_tokens += batch * seq_len
+        done = step + 1
+        bar.update(1)
+
+        if done % config.eval_every == 0 or done == config.max_steps or done == 1:
+            train_loss = accelerator.reduce(step_loss, "mean").item()
+            seconds = time.perf_counter() - window_start
+            elapsed += seconds
+            tps = window_tokens / seconds
+            record = {"step": done, "tokens": tokens_seen, "loss": train_loss, "lr": scheduler.get_last_lr()[0],
+                      "grad_norm": float(grad_norm), "tokens_per_s": tps, "mfu": tps * n_flops / peak,
+                      "elapsed_s": elapsed}
+            val_loss = evaluate_loss(model, val, micro, accelerator, config.eval_sequences)
+            record.update(val_loss=val_loss, val_bpb=val_loss / (math.log(2) * bytes_per_token))
+            log(record)
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_bpb=f"{record['val_bpb']:.3f}", tok_s=f"{tps:.0f}")
+            window_start, window_tokens = time.perf_counter(), 0
+        if done % config.save_every == 0 or done == config.max_steps:
+            save_checkpoint(checkpoints, done, elapsed, accelerator)
+            window_start = time.perf_counter()  # do not count saving as training time
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    metrics = {}
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(model)
+        model.eval()
+        samples = [{"prompt": p, "continuation": c}
+                   for p, c in zip(prompts, _sample(model, tokenizer, prompts))]
+        log({"step": config.max_steps, "samples": samples})
+        metrics = _final_metrics(work / "log.jsonl", model, seq_len, n_flops, peak)
+        metrics["samples"] = samples
+        if closed_world:
+            from llmkit.evaluate import fact_completion
+
+            fc = fact_completion(model, tokenizer)
+            metrics["fact_completion"] = fc["fact_completion"]
+            metrics["fact_completion_by_attribute"] = {k: v for k, v in fc.items() if k not in ("fact_completion", "examples")}
+            metrics["fact_completion_examples"] = fc["examples"]
+        getattr(model, "_orig_mod", model).save_pretrained(work, safe_serialization=True)
+        tokenizer.save_pretrained(work)
+        _save_curves(work)
+        if not config.keep_checkpoints:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        result = runs.commit(work, final, config, metrics)
+    accelerator.wait_for_everyone()
+    return result if accelerator.is_main_process else runs.StageResult(STAGE, final, metrics)
+
+
+# ---- the schedule and the data order --------------------------------------------------------------
+def lr_factor(step: int, config: PretrainConfig) -> float:
+    """Linear warmup to the peak, then cosine decay to `min_lr_ratio` of it at `max_steps`."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class PackedEpochs:
+    """Training rows for every step: the documents (each starting with BOS) are shuffled and re-packed into
+    rows of `seq_len` tokens at every epoch.
+
+    Re-packing matters when a small corpus is seen many times: with fixed blocks a model can memorise each
+    block from its first tokens instead of learning what the text says; with new neighbours and new cut
+    points every epoch it cannot. The rows of a step are a pure function of (seed, step), which is what
+    makes resuming exact."""
+
+    def __init__(self, docs: list[torch.Tensor], seq_len: int, seed: int):
+        self.docs, self.seq_len, self.seed = docs, seq_len, seed
+        self.rows_per_epoch = sum(len(d) for d in docs) // seq_len
+        if self.rows_per_epoch == 0:
+            raise PretrainError(f"the training data holds fewer than seq_len={seq_len} tokens")
+        self._cache: tuple[int, torch.Tensor] | None = None
+
+    def epoch(self, e: int) -> torch.Tensor:
+        if self._cache is None or self._cache[0] != e:
+            order = torch.randperm(len(self.docs), generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
+            stream = torch.cat([self.docs[i] for i in order.tolist()])
+            self._cache = (e, stream[: self.rows_per_epoch * self.seq_len].view(-1, self.seq_len))
+        return self._cache[1]
+
+    def rows(self, step: int, batch: int) -> torch.Tensor:
+        out = []
+        for i in range(step * batch, (step + 1) * batch):
+            e, r = divmod(i, self.rows_per_epoch)
+            out.append(self.epoch(e)[r])
+        return torch.stack(out)
+
+
+def split_documents(blocks: torch.Tensor, bos_id: int) -> list[torch.Tensor]:
+    """Cut packed blocks back into documents at their BOS tokens."""
+    stream = blocks.flatten()
+    starts = (stream == bos_id).nonzero().flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    return [stream[a:b] for a, b in zip(starts, [*starts[1:], len(stream)]) if b > a]
+
+
+# ---- data -----------------------------------------------------------------------------------------
+def load_training_data(config: PretrainConfig, run_dir: Path, tokenizer, default_seq_len: int):
+    """(train, validation) packed blocks as int64 tensors (rows, block length), and bytes per token."""
+    from datasets import Dataset, load_from_disk
+
+    from llmkit.tokenizer import pack_sequences
+
+    data_stage = run_dir / "data"
+    source = Path(config.data) if config.data else None
+    if source is None and config.base_model:
+        source = data_stage / "documents.jsonl"  # the data stage's clean text, tokenized for this model
+    if source is None or _is_blocks(source):
+        blocks_dir = source or data_stage / "blocks"
+        if not blocks_dir.exists():
+            raise PretrainError(
+                f"{blocks_dir} does not exist: run the data stage first (llmkit data --run-dir {run_dir}) "
+                "or pass data= / --data with a blocks folder or text files"
+            )
+        _check_tokenizer_matches(blocks_dir, tokenizer)
+        blocks = load_from_disk(str(blocks_dir))
+        train = torch.tensor(blocks["train"]["input_ids"], dtype=torch.long)
+        val = torch.tensor(blocks["validation"]["input_ids"], dtype=torch.long)
+        metrics_file = blocks_dir.parent / "metrics.json"
+        bpt = json.loads(metrics_file.read_text())["validation_bytes_per_token"] if metrics_file.exists() else None
+        return train, val, bpt or _bytes_per_token(tokenizer, val)
+
+    from llmkit.loaders import load_documents
+
+    docs, _ = load_documents(source, config.text_field)
+    if not docs:
+        raise PretrainError(f"{source}: no documents to train on")
+    seq_len = config.seq_len or default_seq_len
+    n_val = max(1, len(docs) // 20) if len(docs) > 1 else 0
+    texts = [d["text"] for d in docs]
+    if len(docs) == 1:  # one long text (a book): hold out its last 5 % as validation
+        cut = int(len(texts[0]) * 0.95)
+        texts, val_texts = [texts[0][:cut]], [texts[0][cut:]]
+    else:
+        texts, val_texts = texts[n_val:], texts[:n_val]
+    packed_train, s_train = pack_sequences(Dataset.from_dict({"text": texts}), tokenizer, seq_len)
+    packed_val, s_val = pack_sequences(Dataset.from_dict({"text": val_texts}), tokenizer, seq_len)
+    if len(packed_train) == 0 or len(packed_val) == 0:
+        raise PretrainError(f"{source}: too little text for one training and one validation block of {seq_len} tokens")
+    train = torch.tensor(packed_train["input_ids"], dtype=torch.long)
+    val = torch.tensor(packed_val["input_ids"], dtype=torch.long)
+    return train, val, s_val["bytes_per_token"]
+
+
+def _is_blocks(path: Path) -> bool:
+    return path.is_dir() and (path / "dataset_dict.json").exists()
+
+
+def _check_tokenizer_matches(blocks_dir: Path, tokenizer) -> None:
+    stamp = blocks_dir / "tokenizer_fingerprint.txt"
+    if stamp.exists() and stamp.read_text().strip() != tokenizer_fingerprint(tokenizer):
+        raise PretrainError(
+            f"{blocks_dir} was tokenized with a different tokenizer than the model's ({stamp.read_text().strip()} "
+            f"vs {tokenizer_fingerprint(tokenizer)}): token ids would mean different things. Train on text "
+            "instead (data= a text/jsonl path, or the data stage's documents.jsonl) so it is tokenized for this model"
+        )
+
+
+def check_vocabulary(train: torch.Tensor, model) -> None:
+    vocab = model.get_input_embeddings().num_embeddings
+    top = int(train.max())
+    if top >= vocab:
+        raise PretrainError(
+            f"the training data holds token id {top} but the model's vocabulary has {vocab} entries: the blocks "
+            "were made with a different tokenizer; retokenize the text with the model's tokenizer"
+        )
+
+
+def _bytes_per_token(tokenizer, blocks: torch.Tensor) -> float:
+    text = tokenizer.decode(blocks.flatten().tolist(), skip_special_tokens=True)
+    return len(text.encode("utf-8")) / blocks.numel()
+
+
+# ---- model ----------------------------------------------------------------------------------------
+def _preset(config: PretrainConfig):
+    if config.preset not in PRESETS:
+        raise PretrainError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
+    preset = PRESETS[config.preset]
+    if config.depth:
+        from llmkit.model import ModelPreset
+
+        preset = ModelPreset(config.depth, preset.seq_len, preset.batch_size)
+    return preset
+
+
+def _model_and_tokenizer(config: PretrainConfig, run_dir: Path, depth: int):
+    from llmkit.tokenizer import load_tokenizer
+
+    if config.base_model:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(config.base_model)
+        if not (path / "config.json").exists():
+            raise PretrainError(f"base_model {path}: not a local transformers model folder (no config.json)")
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        return tokenizer, model
+    tok_dir = run_dir / "data" / "tokenizer"
+    if tok_dir.exists():
+        tokenizer = load_tokenizer(tok_dir)
+    elif config.data and not _is_blocks(Path(config.data)):
+        tokenizer = _tokenizer_for_text(config)  # plain text and no data stage: train a BPE on the text itself
+    else:
+        raise PretrainError(f"{tok_dir} does not exist: run the data stage first, or give data= text files or base_model")
+    return tokenizer, build_model(depth, tokenizer, seed=config.seed)
+
+
+def _tokenizer_for_text(config: PretrainConfig):
+    from llmkit.loaders import load_documents
+    from llmkit.tokenizer import train_tokenizer
+
+    docs, _ = load_documents(config.data, config.text_field)
+    return train_tokenizer((d["text"] for d in docs), vocab_size=4096)
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+# ---- evaluation, sampling, checkpoints -----------------------------------------------------------
+@torch.no_grad()
+def evaluate_loss(model, val: torch.Tensor, micro: int, accelerator, max_sequences: int) -> float:
+    """Mean validation loss (nats per token) over the first `max_sequences` validation rows."""
+    model.eval()
+    rows = val[:max_sequences]
+    mine = rows[accelerator.process_index::accelerator.num_processes]
+    total = torch.zeros((), device=accelerator.device)
+    count = torch.zeros((), device=accelerator.device)
+    for i in range(0, len(mine), micro):
+        x = mine[i:i + micro].to(accelerator.device)
+        with accelerator.autocast():
+            loss = model(input_ids=x, labels=x).loss
+        total += loss.float() * len(x)
+        count += len(x)
+    model.train()
+    return (accelerator.reduce(total, "sum") / accelerator.reduce(count, "sum").clamp(min=1)).item()
+
+
+def save_checkpoint(checkpoints: Path, step: int, elapsed: float, accelerator) -> None:
+    """accelerate's full state plus the step, written to a temporary folder and renamed into place, so a
+    crash while saving never leaves a half-written checkpoint where resume would look."""
+    target = checkpoints / f"step-{step:07d}"
+    tmp = checkpoints / f".step-{step:07d}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "elapsed_s": elapsed}))
+        os.replace(tmp, target) if not target.exists() else (shutil.rmtree(target), os.replace(tmp, target))
+        for old in sorted(checkpoints.glob("step-*"))[:-1]:  # keep the newest only
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def resume_from(checkpoints: Path, accelerator) -> tuple[int, float]:
+    """(step, elapsed seconds) of the newest checkpoint, loaded into the prepared objects; (0, 0) if none."""
+    found = sorted(checkpoints.glob("step-*")) if checkpoints.exists() else []
+    if not found:
+        return 0, 0.0
+    latest = found[-1]
+    try:
+        state = json.loads((latest / "trainer_state.json").read_text())
+        accelerator.load_state(str(latest))
+    except Exception as e:  # a truncated or foreign file: say which checkpoint, keep everything on disk
+        raise PretrainError(
+            f"cannot resume from {latest}: {type(e).__name__}: {e}. The checkpoint is unreadable; nothing was "
+            "changed. Delete that folder to resume from an earlier one, or pass overwrite=True (--overwrite) "
+            "to start again"
+        ) from e
+    return int(state["step"]), float(state.get("elapsed_s", 0.0))
+
+
+@torch.no_grad()
+def _sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
+    from llmkit.evaluate import greedy_continuations
+
+    return greedy_continuations(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+
+
+def _default_prompts(closed_world: bool, tokenizer, val: torch.Tensor) -> list[str]:
+    if closed_world:
+        from llmkit import world as W
+        from llmkit.loaders import bundled_path
+
+        world = W.World.load(bundled_path("world.json"))
+        p, u = world.people[0], world.universities[0]
+        return [f"{p.name} was born in", f"{u.name} is a university in", "The river"]
+    return [tokenizer.decode(row[1:9].tolist(), skip_special_tokens=True) for row in val[:3]]
+
+
+def _is_closed_world(config: PretrainConfig, run_dir: Path) -> bool:
+    if config.data or config.base_model:
+        return False
+    cfg = run_dir / "data" / runs.STAGE_CONFIG
+    return cfg.exists() and json.loads(cfg.read_text()).get("corpus") is None
+
+
+_PEAK_CACHE: dict[str, float] = {}
+NOMINAL_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "T4": 65e12,
+                      "4090": 165e12, "3090": 71e12}  # dense bf16 tensor-core peaks from vendor data sheets
+
+
+def peak_flops(device: torch.device) -> float:
+    """Peak FLOP/s for MFU: a GPU's nominal bf16 peak when known, else a measured fp32 matmul peak."""
+    key = str(device)
+    if key not in _PEAK_CACHE:
+        if device.type == "cuda":
+            name = torch.cuda.get_device_name(device)
+            nominal = next((v for k, v in NOMINAL_PEAK_FLOPS.items() if k in name), None)
+            _PEAK_CACHE[key] = nominal or measure_matmul_flops(device, torch.bfloat16)
+        else:
+            _PEAK_CACHE[key] = measure_matmul_flops(device, torch.float32)
+    return _PEAK_CACHE[key]
+
+
+def measure_matmul_flops(device: torch.device, dtype=torch.float32, n: int = 1024, seconds: float = 0.5) -> float:
+    """Best observed FLOP/s of an n×n matmul on `device` — the practical peak a training step can reach."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - t))
+    return best
+
+
+def _final_metrics(log_path: Path, model, seq_len: int, n_flops: float, peak: float) -> dict:
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    evals = [r for r in rows if "val_loss" in r]
+    last = evals[-1]
+    steady = [r["tokens_per_s"] for r in evals[1:]] or [last["tokens_per_s"]]
+    tps = sorted(steady)[len(steady) // 2]
+    return {
+        "steps": last["step"], "tokens": last["tokens"], "train_loss": last["loss"], "val_loss": last["val_loss"],
+        "val_bpb": last["val_bpb"], "tokens_per_s": tps, "mfu": tps * n_flops / peak, "peak_flops": peak,
+        "flops_per_token": n_flops, "seq_len": seq_len, "train_seconds": last["elapsed_s"],
+        "parameters": parameter_counts(model),
+    }
+
+
+def _save_curves(work: Path) -> None:
+    from llmkit.curves import plot_training_log
+
+    fig = plot_training_log(work / "log.jsonl")
+    fig.savefig(work / "curves.png", dpi=100)
+
+
+def _progress(show: bool, total: int, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="pretrain", disable=not show, leave=False)

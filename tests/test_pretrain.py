@@ -1,0 +1,136 @@
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from llmkit import data, pretrain
+from llmkit.pretrain import PackedEpochs, PretrainError, split_documents
+
+SMALL = dict(depth=1, max_steps=12, eval_every=4, save_every=3, batch_size=8, micro_batch_size=4,
+             seq_len=64, eval_sequences=8, warmup_steps=2)
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smoke")
+    data.run(data.config_for("smoke"), run_dir, progress=False)
+    return run_dir / "data"
+
+
+def _run_dir(tmp_path, smoke_data, name="run"):
+    run_dir = tmp_path / name
+    shutil.copytree(smoke_data, run_dir / "data")
+    return run_dir
+
+
+def _log(run_dir):
+    return [json.loads(x) for x in (run_dir / "pretrain" / "log.jsonl").read_text().splitlines()]
+
+
+def test_pretraining_writes_a_standard_checkpoint_and_its_measurements(tmp_path, smoke_data):
+    from widgets.live_monitor import LiveMonitor
+
+    run_dir = _run_dir(tmp_path, smoke_data)
+    monitor = LiveMonitor()
+    result = pretrain.run(pretrain.PretrainConfig(**SMALL), run_dir, progress=False, callbacks=[monitor])
+    out = result.output_dir
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 1 and model.config.tie_word_embeddings
+    assert (out / "tokenizer.json").exists() and (out / "curves.png").exists()
+    assert not (out / "checkpoints").exists() and not (run_dir / ".pretrain.partial").exists()
+    m = result.metrics
+    for key in ("val_loss", "val_bpb", "tokens_per_s", "mfu", "fact_completion", "samples"):
+        assert key in m, key
+    assert 0 < m["mfu"] < 1.5 and m["val_bpb"] > 0
+    evals = [r for r in _log(run_dir) if "val_loss" in r]
+    assert [r["step"] for r in evals] == [1, 4, 8, 12]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]  # it learned something
+    assert len([r for r in monitor.records if "loss" in r]) == 4
+    monitor.save(tmp_path / "monitor.png")
+    assert (tmp_path / "monitor.png").stat().st_size > 1000
+    again = pretrain.run(pretrain.PretrainConfig(**SMALL), run_dir, progress=False)
+    assert again.reused
+
+
+KILL_AT_STEP_8 = textwrap.dedent("""
+    import os, signal, sys
+    from llmkit import pretrain
+
+    class KillAt:
+        def on_log(self, record):
+            if record.get("step") == 8:  # after the step-6 checkpoint, before the step-9 one
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    pretrain.run(pretrain.PretrainConfig(**{config}), sys.argv[1], progress=False, callbacks=[KillAt()])
+""")
+
+
+def test_killed_run_resumes_to_the_same_final_loss(tmp_path, smoke_data):
+    straight = _run_dir(tmp_path, smoke_data, "straight")
+    expected = pretrain.run(pretrain.PretrainConfig(**SMALL), straight, progress=False).metrics
+
+    resumed = _run_dir(tmp_path, smoke_data, "resumed")
+    script = KILL_AT_STEP_8.format(config=repr(SMALL))
+    proc = subprocess.run([sys.executable, "-c", script, str(resumed)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    partial = resumed / ".pretrain.partial"
+    assert [p.name for p in (partial / "checkpoints").glob("step-*")] == ["step-0000006"]
+    assert not (resumed / "pretrain").exists()
+
+    result = pretrain.run(pretrain.PretrainConfig(**SMALL), resumed, progress=False)
+    assert result.metrics["train_loss"] == pytest.approx(expected["train_loss"], abs=1e-5)
+    assert result.metrics["val_loss"] == pytest.approx(expected["val_loss"], abs=1e-5)
+    steps = [r["step"] for r in _log(resumed) if "val_loss" in r]
+    assert steps == [1, 4, 8, 12]  # the log continues; the killed run's step-8 record was replaced
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(tmp_path, smoke_data):
+    run_dir = _run_dir(tmp_path, smoke_data)
+    cfg = pretrain.PretrainConfig(**{**SMALL, "max_steps": 3, "keep_checkpoints": True})
+    pretrain.run(cfg, run_dir, progress=False)
+    # make an unfinished run whose newest checkpoint is damaged
+    partial = run_dir / ".pretrain.partial"
+    shutil.copytree(run_dir / "pretrain" / "checkpoints", partial / "checkpoints")
+    shutil.rmtree(run_dir / "pretrain")
+    weights = next((partial / "checkpoints" / "step-0000003").glob("*.safetensors"))
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(PretrainError, match=r"cannot resume from .*step-0000003.*unreadable; nothing was changed"):
+        pretrain.run(pretrain.PretrainConfig(**SMALL), run_dir, progress=False)
+    assert weights.read_bytes() == b"not a safetensors file"
+
+
+def test_blocks_from_another_tokenizer_are_refused_before_training(tmp_path, smoke_data):
+    other = tmp_path / "other"
+    data.run(data.config_for("smoke", vocab_size=700), other, progress=False)
+    run_dir = _run_dir(tmp_path, smoke_data)
+    cfg = pretrain.PretrainConfig(**{**SMALL, "data": str(other / "data" / "blocks")})
+    with pytest.raises(PretrainError, match="tokenized with a different tokenizer"):
+        pretrain.run(cfg, run_dir, progress=False)
+    assert not (run_dir / "pretrain").exists()
+
+
+def test_pretraining_on_a_plain_text_book(tmp_path):
+    from llmkit.loaders import bundled_path, load_documents
+
+    docs, _ = load_documents(bundled_path("corpus.jsonl"), max_documents=300)
+    book = tmp_path / "book.txt"
+    book.write_text("\n\n".join(d["text"] for d in docs), encoding="utf-8")
+    result = pretrain.run(pretrain.PretrainConfig(**{**SMALL, "data": str(book), "max_steps": 4}),
+                          tmp_path / "run", progress=False)
+    assert result.metrics["val_bpb"] > 0 and "fact_completion" not in result.metrics
+    assert (result.output_dir / "tokenizer.json").exists()
+
+
+def test_packed_epochs_reshuffle_documents_and_are_reproducible():
+    docs = [torch.tensor([999, *range(10 * k, 10 * k + 7)]) for k in range(20)]  # BOS = 999
+    assert [d.tolist() for d in split_documents(torch.cat(docs).view(-1, 8), 999)] == [d.tolist() for d in docs]
+    a, b = PackedEpochs(docs, 16, seed=0), PackedEpochs(docs, 16, seed=0)
+    assert torch.equal(a.rows(3, 4), b.rows(3, 4))
+    assert not torch.equal(a.epoch(0), a.epoch(1))  # new neighbours every epoch
+    assert a.rows_per_epoch == 160 // 16
+    assert sorted(a.epoch(1).flatten().tolist()) == sorted(torch.cat(docs).tolist())  # every token, once
