@@ -167,7 +167,7 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
             seconds = time.perf_counter() - window_start
             elapsed += seconds
             tps = window_tokens / seconds
-            record = {"step": done, "tokens": tokens_seen, "loss": train_loss, "lr": scheduler.get_last_lr()[0],
+            record = {"step": done, "tokens": tokens_seen, "loss": train_loss,  # loss: this step's batch "lr": scheduler.get_last_lr()[0],
                       "grad_norm": float(grad_norm), "tokens_per_s": tps, "mfu": tps * n_flops / peak,
                       "elapsed_s": elapsed}
             val_loss = evaluate_loss(model, val, micro, accelerator, config.eval_sequences)
@@ -176,8 +176,9 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
             bar.set_postfix(loss=f"{train_loss:.3f}", val_bpb=f"{record['val_bpb']:.3f}", tok_s=f"{tps:.0f}")
             window_start, window_tokens = time.perf_counter(), 0
         if done % config.save_every == 0 or done == config.max_steps:
+            saving = time.perf_counter()
             save_checkpoint(checkpoints, done, elapsed, accelerator)
-            window_start = time.perf_counter()  # do not count saving as training time
+            window_start += time.perf_counter() - saving  # saving is not training time
     bar.close()
 
     accelerator.wait_for_everyone()

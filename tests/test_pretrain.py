@@ -134,3 +134,17 @@ def test_packed_epochs_reshuffle_documents_and_are_reproducible():
     assert not torch.equal(a.epoch(0), a.epoch(1))  # new neighbours every epoch
     assert a.rows_per_epoch == 160 // 16
     assert sorted(a.epoch(1).flatten().tolist()) == sorted(torch.cat(docs).tolist())  # every token, once
+
+
+def test_continued_pretraining_from_a_local_checkpoint(tmp_path, smoke_data):
+    first = _run_dir(tmp_path, smoke_data, "first")
+    base = pretrain.run(pretrain.PretrainConfig(**{**SMALL, "max_steps": 2}), first, progress=False).output_dir
+    second = _run_dir(tmp_path, smoke_data, "second")
+    result = pretrain.run(pretrain.PretrainConfig(**{**SMALL, "max_steps": 4, "base_model": str(base)}), second,
+                          progress=False)
+    assert result.metrics["steps"] == 4 and "fact_completion" not in result.metrics
+    model = AutoModelForCausalLM.from_pretrained(result.output_dir)
+    assert model.config.num_hidden_layers == 1
+    with pytest.raises(PretrainError, match="not a local transformers model folder"):
+        pretrain.run(pretrain.PretrainConfig(**{**SMALL, "base_model": str(tmp_path / "nowhere")}),
+                     tmp_path / "third", progress=False)
