@@ -6,22 +6,16 @@ each stage saves it as `curves.png` in its folder.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-
-def read_log(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+from llmkit.loaders import read_jsonl
 
 
 def plot_training_log(log: str | Path | list[dict], fig=None):
     """Loss (train and validation), validation bits per byte, and tokens/s with MFU, by step."""
     import matplotlib.pyplot as plt
 
-    rows = log if isinstance(log, list) else read_log(log)
+    rows = log if isinstance(log, list) else read_jsonl(log)
     rows = [r for r in rows if "loss" in r]
     if fig is None:
         fig = plt.figure(figsize=(13, 3.6))

@@ -24,7 +24,6 @@ with train and validation splits of `input_ids`), report.md, stage_config.json, 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import unicodedata
@@ -46,7 +45,7 @@ from datatrove.pipeline.formatters.pii import PIIFormatter, PIIReplacer
 from tqdm.auto import tqdm
 
 from llmkit import runs
-from llmkit.loaders import DataError, bundled_path, load_documents
+from llmkit.loaders import DataError, bundled_path, load_documents, read_jsonl, write_jsonl
 from llmkit.tokenizer import pack_sequences, tokenizer_fingerprint, train_tokenizer
 
 STAGE = "data"
@@ -116,9 +115,9 @@ def run(config: DataConfig, run_dir: str | Path, overwrite: bool = False, progre
             blocks.save_to_disk(str(tmp / "blocks"))
         (tmp / "blocks" / "tokenizer_fingerprint.txt").write_text(tokenizer_fingerprint(tokenizer) + "\n")
 
-        _write_jsonl(tmp / "documents.jsonl", kept)
-        _write_jsonl(tmp / "removed.jsonl", ledger.removed)
-        _write_jsonl(tmp / "changes.jsonl", ledger.changes)
+        write_jsonl(tmp / "documents.jsonl", kept)
+        write_jsonl(tmp / "removed.jsonl", ledger.removed)
+        write_jsonl(tmp / "changes.jsonl", ledger.changes)
         rules = ledger.per_rule(docs, tokenizer, rule_order(config))
         metrics = {
             "documents_in": len(docs),
@@ -463,17 +462,6 @@ def _datasets_progress(show: bool):
     finally:
         if not was_disabled:
             datasets.enable_progress_bars()
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # ---- scoring against the closed world's ground truth ---------------------------------------------

@@ -167,3 +167,15 @@ def load_documents(path: str | Path, text_field: str | None = None,
         if max_documents is not None and len(docs) >= max_documents:
             break
     return docs, stats
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All records of a jsonl file llmkit wrote itself (user data goes through `iter_records`)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")

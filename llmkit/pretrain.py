@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 
 from llmkit import runs
+from llmkit.evaluate import fact_completion, greedy_continuations
+from llmkit.loaders import read_jsonl
 from llmkit.model import PRESETS, build_model, flops_per_token, parameter_counts
 from llmkit.tokenizer import tokenizer_fingerprint
 
@@ -187,13 +189,11 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
         model = accelerator.unwrap_model(model)
         model.eval()
         samples = [{"prompt": p, "continuation": c}
-                   for p, c in zip(prompts, _sample(model, tokenizer, prompts))]
+                   for p, c in zip(prompts, greedy_continuations(model, tokenizer, prompts, max_new_tokens=24))]
         log({"step": config.max_steps, "samples": samples})
         metrics = _final_metrics(work / "log.jsonl", model, seq_len, n_flops, peak)
         metrics["samples"] = samples
         if closed_world:
-            from llmkit.evaluate import fact_completion
-
             fc = fact_completion(model, tokenizer)
             metrics["fact_completion"] = fc["fact_completion"]
             metrics["fact_completion_by_attribute"] = {k: v for k, v in fc.items() if k not in ("fact_completion", "examples")}
@@ -436,13 +436,6 @@ def resume_from(checkpoints: Path, accelerator) -> tuple[int, float]:
     return int(state["step"]), float(state.get("elapsed_s", 0.0))
 
 
-@torch.no_grad()
-def _sample(model, tokenizer, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
-    from llmkit.evaluate import greedy_continuations
-
-    return greedy_continuations(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
-
-
 def _default_prompts(closed_world: bool, tokenizer, val: torch.Tensor) -> list[str]:
     if closed_world:
         from llmkit import world as W
@@ -498,7 +491,7 @@ def measure_matmul_flops(device: torch.device, dtype=torch.float32, n: int = 102
 
 
 def _final_metrics(log_path: Path, model, seq_len: int, n_flops: float, peak: float) -> dict:
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(log_path)
     evals = [r for r in rows if "val_loss" in r]
     last = evals[-1]
     steady = [r["tokens_per_s"] for r in evals[1:]] or [last["tokens_per_s"]]
