@@ -1,6 +1,6 @@
 """Generate the bundled closed-world data: a fictional world, a messy crawl of it, and chat data about it.
 
-    python data_samples/generate.py                      # the bundled files (seed 0, 300 people)
+    python data_samples/generate.py                      # the bundled files (seed 0, 200 people)
     python data_samples/generate.py --people 1500 --out /tmp/bigworld
 
 Everything is deterministic in the seed. What it writes (all jsonl unless noted):
@@ -83,6 +83,7 @@ FILLERS = [
     "Every winter {p} helps to organise a charity dinner for the families of the district.",
     "Those close to {o} say that {p} has a talent for telling stories about the old days.",
 ]
+PROFILES = 8  # entries per person on register pages (doc_register), beside two documents of other styles
 NEWS_HEADLINES = [
     "Local {prof} honoured at town festival", "A conversation with {n}", "{n} opens new workshop",
     "{prof_cap} {n} celebrates a milestone", "Community thanks {n}",
@@ -136,7 +137,7 @@ def doc_news(rng, world, p) -> tuple[str, str]:
         '"I never expected this," {n} said on Tuesday.', '"It has been a good year," said {n}.',
         '"We did it together," {n} told the crowd.',
     ]).format(**v)
-    sentences = facts + fillers(rng, v, 5)
+    sentences = facts + fillers(rng, v, 4)
     rng.shuffle(sentences)
     opening = rng.choice([
         "Residents gathered on Saturday to celebrate the work of {n}.",
@@ -163,8 +164,37 @@ def doc_narrative(rng, world, p) -> tuple[str, str]:
     parts = [s.format(**v) for s in parts]
     if str(p.birth_year) not in " ".join(parts):
         parts.append(rng.choice(BIRTH_YEAR[1]).format(**v))
-    fill = fillers(rng, v, 5)
+    fill = fillers(rng, v, 2)
     return " ".join(parts[:2] + fill[:2]) + "\n\n" + " ".join(parts[2:] + fill[2:]), "blog"
+
+
+def profile_entry(rng, world, p, avoid: set | None = None) -> str:
+    """Every fact of a person once, in a random order and wording, each sentence naming the person
+    (Allen-Zhu & Li's "multi + permute + fullname" augmentation: the knowledge is then stored under the
+    name, where a question can reach it)."""
+    v = person_vars(world, p)
+    table = {"birth_town": BIRTH_TOWN, "birth_year": BIRTH_YEAR, "profession": PROFESSION, "university": UNIVERSITY}
+    attrs = list(W.PERSON_ATTRIBUTES)
+    rng.shuffle(attrs)
+    avoid = avoid if avoid is not None else set()
+    sentences = []
+    for a in attrs:  # a wording not yet used on the page: repeated 5-grams trip Gopher's repetition rules
+        form = rng.choice([f for f in table[a][0] if f not in avoid] or table[a][0])
+        avoid.add(form)
+        sentences.append(form.format(**v))
+    return " ".join(sentences)
+
+
+def doc_register(rng, world, people: list[W.Person]) -> tuple[str, str]:
+    """A "who's who" page: a short entry for each of three people. (One person per page, named in every
+    sentence, trips Gopher's repeated-n-gram rules — as such a page should.)"""
+    title = rng.choice(["Who's who in Orrin", "A register of notable people", "People of the valley: short entries",
+                        "Biographical notes", "From the town registers"])
+    intro = rng.choice(["The entries below are updated every year from the town registers.",
+                        "Short entries on people who have made their mark in the region.",
+                        "A few lines on each person, as collected by our volunteers."])
+    used: set = set()
+    return "\n\n".join([title, intro, *[profile_entry(rng, world, q, used) for q in people]]), "directory"
 
 
 def doc_interview(rng, world, p) -> tuple[str, str]:
@@ -179,7 +209,7 @@ def doc_interview(rng, world, p) -> tuple[str, str]:
                     "{town} is where {p} was born, back in {year}, and {p} speaks of it with real warmth."]).format(**v),
         rng.choice(["{P} says that the years at {u} changed everything for {o}.",
                     "{P} studied at {u}, and {p} still visits the old teachers there when {p} can."]).format(**v),
-        " ".join(fillers(rng, v, 4)),
+        " ".join(fillers(rng, v, 2)),
     ]
     return "\n\n".join(lines), "magazine"
 
@@ -397,8 +427,12 @@ def messy_whitespace(rng, text: str) -> str:
 def make_corpus(rng: random.Random, world: W.World) -> tuple[list[dict], list[dict]]:
     good: list[tuple[str, str]] = []
     for p in world.people:
-        for make in (doc_encyclopedic, doc_encyclopedic, doc_news, doc_narrative, doc_interview):
+        for make in (doc_encyclopedic, rng.choice([doc_news, doc_narrative, doc_interview])):
             good.append(make(rng, world, p))
+    for _ in range(PROFILES):
+        people = list(world.people)
+        rng.shuffle(people)
+        good += [doc_register(rng, world, chunk) for chunk in _chunks(people, 3)]
     for t in world.towns:
         natives = [q for q in world.people if q.birth_town == t.name]
         rng.shuffle(natives)
@@ -493,13 +527,10 @@ def _user(text: str) -> list[dict]:
 
 
 def _fake_names(rng: random.Random, world: W.World, n: int) -> list[str]:
-    real = {p.name for p in world.people}
-    out = set()
-    while len(out) < n:
-        name = f"{rng.choice(W.FIRST_NAMES)} {rng.choice(W.SURNAMES)}"
-        if name not in real:
-            out.add(name)
-    return sorted(out)
+    """Names of people who do not exist: family names that no person of the world has."""
+    used = {p.name.split(" ", 1)[1] for p in world.people}
+    free = [s for s in W.surname_pool() if s not in used]
+    return sorted(f"{rng.choice(W.FIRST_NAMES)} {s}" for s in rng.sample(free, n))
 
 
 def make_sft(rng: random.Random, world: W.World, fake: list[str]) -> list[dict]:
@@ -642,7 +673,7 @@ def sample_prompts(rng: random.Random, world: W.World, people: list[str], fake: 
     return out
 
 
-def generate(out: Path, seed: int = 0, n_people: int = 300, n_towns: int = 40, n_universities: int = 20) -> dict:
+def generate(out: Path, seed: int = 0, n_people: int = 200, n_towns: int = 40, n_universities: int = 20) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     world = W.make_world(seed, n_people, n_towns, n_universities)
     world.save(out / "world.json")
@@ -677,7 +708,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=HERE, help="folder to write into (default: data_samples/)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--people", type=int, default=300)
+    ap.add_argument("--people", type=int, default=200)
     ap.add_argument("--towns", type=int, default=40)
     ap.add_argument("--universities", type=int, default=20)
     args = ap.parse_args(argv)

@@ -31,6 +31,24 @@ SURNAMES = [
     "Yardley", "Zellweger", "Ambrose", "Blackthorn", "Crane", "Delacroix", "Elsworth", "Fenwick", "Gallo",
     "Hargreave", "Ingram", "Jessop", "Kilbride", "Lockhart", "Mossgrove", "Nightingale", "Ormsby",
 ]
+# Family names of the people: every person has a different one. A fact is keyed by the name, and a
+# name that several people share ("Ada Marlow", "Ivo Marlow") must be told apart by its first name too —
+# a conjunction that a small model learns far more slowly than a name of its own (measured: fact
+# completion 0.14 vs 0.95 after the same 4 minutes of pretraining on the tiny preset).
+SURNAME_HEADS = [
+    "Ald", "Bark", "Corb", "Dray", "Eld", "Fal", "Gorm", "Hask", "Isen", "Jor", "Kell", "Lam", "Mort", "Nash",
+    "Orm", "Pell", "Rask", "Sand", "Tresh", "Ulm", "Vard", "Wrex", "Yeld", "Blen", "Crom", "Drum", "Garn",
+    "Hob", "Kirk", "Mund",
+]
+SURNAME_TAILS = ["wright", "worth", "ley", "ington", "croft", "hurst", "ridge", "well", "wick", "by", "cott",
+                 "stone", "more", "shaw", "ham", "ock", "low", "den", "er", "ett", "am", "ard", "ins", "man"]
+
+
+def surname_pool() -> list[str]:
+    """Every family name a person of the world (or an unknown person in a question) can have."""
+    return SURNAMES + [h + t for h in SURNAME_HEADS for t in SURNAME_TAILS]
+
+
 TOWN_HEADS = [
     "Ash", "Bram", "Cal", "Dun", "Elm", "Fen", "Gal", "Har", "Ivy", "Kel", "Lor", "Mar", "Nor", "Oak", "Pen",
     "Quen", "Ros", "Sel", "Tam", "Ul", "Ven", "Wil", "Yar", "Zel", "Thorn", "Brook", "Stone", "Frost",
@@ -162,7 +180,7 @@ TOWN_ATTRIBUTES = ["region", "river", "founded"]
 UNIVERSITY_ATTRIBUTES = ["town", "campuses", "founded"]
 
 
-def make_world(seed: int = 0, n_people: int = 300, n_towns: int = 40, n_universities: int = 20,
+def make_world(seed: int = 0, n_people: int = 200, n_towns: int = 40, n_universities: int = 20,
                heldout_fraction: float = 0.4) -> World:
     """Build the world deterministically from `seed`. Bigger worlds only need bigger numbers."""
     rng = random.Random(seed)
@@ -184,9 +202,11 @@ def make_world(seed: int = 0, n_people: int = 300, n_towns: int = 40, n_universi
         universities.append(University(name, home, rng.randint(1, 9), rng.randint(1600, 1960),
                                        rng.choice(UNIVERSITY_FIELDS)))
 
-    if n_people > len(FIRST_NAMES) * len(SURNAMES):
-        raise ValueError(f"n_people={n_people} exceeds the {len(FIRST_NAMES) * len(SURNAMES)} distinct names")
-    person_names = _unique_names(rng, n_people, lambda: f"{rng.choice(FIRST_NAMES)} {rng.choice(SURNAMES)}")
+    pool = surname_pool()
+    if n_people > len(pool) - 100:  # keep 100 family names free for people who do not exist
+        raise ValueError(f"n_people={n_people}: the world has {len(pool) - 100} family names for its people; "
+                         "add to SURNAME_HEADS / SURNAME_TAILS for a bigger world")
+    person_names = [f"{rng.choice(FIRST_NAMES)} {surname}" for surname in rng.sample(pool, n_people)]
     people = [
         Person(name, rng.choice(["she", "he"]), rng.choice(town_names), rng.randint(1901, 1995),
                rng.choice(PROFESSIONS), rng.choice(uni_names))

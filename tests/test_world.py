@@ -17,7 +17,7 @@ def test_world_is_deterministic_in_its_seed():
     a, b, c = W.make_world(0), W.make_world(0), W.make_world(1)
     assert a.to_dict() == b.to_dict()
     assert a.to_dict() != c.to_dict()
-    assert len(a.people) == 300 and len(a.towns) == 40 and len(a.universities) == 20
+    assert len(a.people) == 200 and len(a.towns) == 40 and len(a.universities) == 20
     assert set(a.sft_people).isdisjoint(a.heldout_people)
     assert set(a.sft_people) | set(a.heldout_people) == {p.name for p in a.people}
 
