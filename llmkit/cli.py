@@ -3,6 +3,7 @@
     llmkit pipeline [--run-dir runs/demo] [--preset tiny] [--stages data,pretrain] [--corpus PATH] [--overwrite]
     llmkit data --run-dir DIR [--corpus PATH] [--text-field NAME] [--vocab-size N] [--block-size N] ...
     llmkit pretrain --run-dir DIR [--data PATH] [--base-model PATH] [--depth N] [--max-steps N] ...
+    llmkit sft --run-dir DIR [--sft-data PATH] [--format auto] [--lora] [--sft-base-model PATH] ...
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from llmkit import data, pretrain
+from llmkit import data, pretrain, sft
+from llmkit.formats import FORMATS
 from llmkit.loaders import DataError
 from llmkit.runs import StageExistsError
 
 PRESET_CHOICES = list(data.PRESETS)
-# Stages in pipeline order; later issues add sft, reward, ppo.
-STAGES = ["data", "pretrain"]
+# Stages in pipeline order; later issues add reward, ppo.
+STAGES = ["data", "pretrain", "sft"]
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -67,6 +69,32 @@ def _pretrain_config(args: argparse.Namespace) -> pretrain.PretrainConfig:
     return pretrain.config_for(args.preset, **overrides)
 
 
+def _add_sft_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sft stage")
+    g.add_argument("--sft-base-model", help="local causal-LM folder with a chat template (default: RUN_DIR/pretrain)")
+    g.add_argument("--sft-data", help="conversations to train on: a file or folder in any supported format "
+                                      "(default: the bundled closed-world conversations)")
+    g.add_argument("--sft-eval-data", help="conversations to evaluate on (default: bundled eval split or 5%% of --sft-data)")
+    g.add_argument("--format", dest="data_format", choices=["auto", *FORMATS],
+                   help="format of --sft-data (default: detected from the first row)")
+    g.add_argument("--max-examples", type=int, help="train on the first N conversations only")
+    g.add_argument("--epochs", type=float, help="passes over the training conversations")
+    g.add_argument("--sft-learning-rate", type=float, help="peak learning rate (default 1e-3 full, 3e-3 LoRA)")
+    g.add_argument("--lora", action="store_true", help="train a LoRA adapter (then merged) instead of every weight")
+    g.add_argument("--lora-r", type=int, help="LoRA rank (default 8)")
+    g.add_argument("--lora-alpha", type=int, help="LoRA alpha (default 16)")
+
+
+def _sft_config(args: argparse.Namespace) -> sft.SFTConfig:
+    overrides = {k: v for k, v in {
+        "base_model": args.sft_base_model, "train_data": args.sft_data, "eval_data": args.sft_eval_data,
+        "data_format": args.data_format, "max_examples": args.max_examples, "epochs": args.epochs,
+        "learning_rate": args.sft_learning_rate, "lora": args.lora or None, "lora_r": args.lora_r,
+        "lora_alpha": args.lora_alpha,
+    }.items() if v is not None}
+    return sft.config_for(args.preset, **overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llmkit", description="Build a ChatGPT-style assistant stage by stage.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -82,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_data_options(p)
     _add_pretrain_options(p)
+    _add_sft_options(p)
 
     p = sub.add_parser("data", help="clean, deduplicate and tokenize a corpus into packed blocks",
                        description=data.__doc__.split("\n\n")[0])
@@ -99,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--text-field", help="field holding the text in jsonl/parquet data")
     _add_pretrain_options(p)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning (full or LoRA) on conversations",
+                       description=sft.__doc__.split("\n\n")[0])
+    p.add_argument("--run-dir", required=True, help="run folder; the stage writes RUN_DIR/sft/ (RUN_DIR/lora/ with --lora)")
+    p.add_argument("--preset", default="tiny", choices=PRESET_CHOICES)
+    p.add_argument("--overwrite", action="store_true", help="replace a finished SFT stage")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_sft_options(p)
     return ap
 
 
@@ -107,6 +144,8 @@ def run_stage(stage: str, args: argparse.Namespace):
         return data.run(_data_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
     if stage == "pretrain":
         return pretrain.run(_pretrain_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+    if stage == "sft":
+        return sft.run(_sft_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
     raise ValueError(f"unknown stage {stage!r}; available: {', '.join(STAGES)}")
 
 
@@ -131,7 +170,14 @@ def main(argv: list[str] | None = None) -> int:
                 m = result.metrics
                 print(f"  val loss {m['val_loss']:.3f} · {m['val_bpb']:.3f} bits/byte · {m['tokens_per_s']:.0f} tok/s"
                       f" · MFU {m['mfu']:.0%}" + (f" · fact completion {m['fact_completion']:.2f}" if "fact_completion" in m else ""))
-    except (DataError, pretrain.PretrainError, StageExistsError, FileNotFoundError) as e:
+            if stage == "sft" and not result.reused:
+                m = result.metrics
+                line = f"  {m['method']} SFT · {m['trainable_fraction']:.1%} of parameters trained · eval loss {m['eval_loss']:.3f}"
+                if "qa_heldout" in m:
+                    line += (f" · QA held-out {m['qa_heldout']:.2f} (base {m['base_qa_heldout']:.2f})"
+                             f" · trained {m['qa_trained']:.2f}")
+                print(line)
+    except (DataError, pretrain.PretrainError, sft.SFTError, StageExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -16,25 +16,31 @@ def plot_training_log(log: str | Path | list[dict], fig=None):
     import matplotlib.pyplot as plt
 
     rows = log if isinstance(log, list) else read_jsonl(log)
-    rows = [r for r in rows if "loss" in r]
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "val_loss" in r]
+    bpb = [r for r in rows if "val_bpb" in r]
+    tps = [r for r in rows if "tokens_per_s" in r]
+    lrs = [r for r in rows if "lr" in r]
     if fig is None:
         fig = plt.figure(figsize=(13, 3.6))
     fig.clear()
-    ax_loss, ax_bpb, ax_tps = fig.subplots(1, 3)
-    steps = [r["step"] for r in rows]
-    ax_loss.plot(steps, [r["loss"] for r in rows], label="train")
-    val = [r for r in rows if "val_loss" in r]
-    ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], label="validation")
-    ax_loss.set_title("loss (nats / token)")
-    ax_loss.set_xlabel("step")
-    ax_loss.legend()
-    bpb = [r for r in rows if "val_bpb" in r]
-    ax_bpb.plot([r["step"] for r in bpb], [r["val_bpb"] for r in bpb], color="C2")
-    ax_bpb.set_title("validation bits per byte")
-    ax_bpb.set_xlabel("step")
-    tps = [r for r in rows if "tokens_per_s" in r]
-    ax_tps.plot([r["step"] for r in tps], [r["tokens_per_s"] for r in tps], color="C3")
-    ax_tps.set_title("tokens / s" + (f" (MFU {tps[-1]['mfu']:.0%})" if tps and "mfu" in tps[-1] else ""))
-    ax_tps.set_xlabel("step")
+    panels = ["loss", *(["bpb"] if bpb else []), *(["tps"] if tps else []), *(["lr"] if lrs and not tps else [])]
+    axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
+    ax = axes["loss"]
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+    ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], label="validation", marker="o" if len(val) < 20 else None)
+    ax.set_title("loss (nats / token)")
+    ax.legend()
+    if bpb:
+        axes["bpb"].plot([r["step"] for r in bpb], [r["val_bpb"] for r in bpb], color="C2")
+        axes["bpb"].set_title("validation bits per byte")
+    if tps:
+        axes["tps"].plot([r["step"] for r in tps], [r["tokens_per_s"] for r in tps], color="C3")
+        axes["tps"].set_title("tokens / s" + (f" (MFU {tps[-1]['mfu']:.0%})" if "mfu" in tps[-1] else ""))
+    if "lr" in axes:
+        axes["lr"].plot([r["step"] for r in lrs], [r["lr"] for r in lrs], color="C4")
+        axes["lr"].set_title("learning rate")
+    for a in axes.values():
+        a.set_xlabel("step")
     fig.tight_layout()
     return fig

@@ -75,3 +75,54 @@ def fact_completion(model, tokenizer, world: W.World | None = None, people: list
     result["fact_completion"] = correct_total / (len(persons) * len(FACT_PROMPTS))
     result["examples"] = examples
     return result
+
+
+# ---- chat models --------------------------------------------------------------------------------
+@torch.no_grad()
+def chat_generate(model, tokenizer, conversations: list, max_new_tokens: int = 48, batch_size: int = 64,
+                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[dict]:
+    """Answer each conversation (a user prompt string or a list of messages) through the chat template.
+
+    Generation stops at EOS (`<|im_end|>` for llmkit's tokenizer). Returns, per conversation,
+    {"text": answer without special tokens, "ended": whether it stopped at EOS, "tokens": answer length}."""
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    out: list[dict] = []
+    try:
+        for i in range(0, len(conversations), batch_size):
+            chunk = [[{"role": "user", "content": c}] if isinstance(c, str) else c for c in conversations[i:i + batch_size]]
+            texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in chunk]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                 temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+            for row in gen[:, enc["input_ids"].shape[1]:].tolist():
+                ended = eos in row
+                row = row[: row.index(eos)] if ended else [t for t in row if t != tokenizer.pad_token_id]
+                out.append({"text": tokenizer.decode(row, skip_special_tokens=True).strip(), "ended": ended,
+                            "tokens": len(row)})
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return out
+
+
+def qa_accuracy(model, tokenizer, rows: list[dict], oracle=None, max_new_tokens: int = 48) -> dict:
+    """Closed-world QA through the chat template: `rows` hold a `prompt` (a question); the oracle judges each answer.
+
+    Returns accuracy, format adherence (the answer ended with EOS within `max_new_tokens`), mean oracle score,
+    and a few examples."""
+    from llmkit.oracle import Oracle
+
+    oracle = oracle or Oracle()
+    answers = chat_generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
+    correct = [oracle.is_correct(r["prompt"], a["text"]) for r, a in zip(rows, answers)]
+    n = max(1, len(rows))
+    return {"accuracy": sum(correct) / n, "format_ok": sum(a["ended"] for a in answers) / n,
+            "oracle_score": sum(oracle.score(r["prompt"], a["text"]) for r, a in zip(rows, answers)) / n,
+            "examples": [{"prompt": r["prompt"], "answer": a["text"], "correct": c, "expected": r.get("answer")}
+                         for r, a, c in list(zip(rows, answers, correct))[:8]]}

@@ -169,7 +169,8 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
             seconds = time.perf_counter() - window_start
             elapsed += seconds
             tps = window_tokens / seconds
-            record = {"step": done, "tokens": tokens_seen, "loss": train_loss,  # loss: this step's batch "lr": scheduler.get_last_lr()[0],
+            record = {"step": done, "tokens": tokens_seen, "loss": train_loss,  # loss: this step's batch
+                      "lr": scheduler.get_last_lr()[0],
                       "grad_norm": float(grad_norm), "tokens_per_s": tps, "mfu": tps * n_flops / peak,
                       "elapsed_s": elapsed}
             val_loss = evaluate_loss(model, val, micro, accelerator, config.eval_sequences)

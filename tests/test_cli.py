@@ -8,17 +8,20 @@ def _llmkit(*args, cwd):
     return subprocess.run([sys.executable, "-m", "llmkit", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def test_pipeline_runs_data_and_pretraining_then_reuses_them(tmp_path):
+def test_pipeline_runs_data_pretraining_and_sft_then_reuses_them(tmp_path):
     r = _llmkit("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "[data] done in" in r.stdout and "# Data stage report" in r.stdout
     assert "[pretrain] done in" in r.stdout and "bits/byte" in r.stdout
+    assert "[sft] done in" in r.stdout and "QA held-out" in r.stdout
     out = tmp_path / "runs" / "smoke" / "data"
     for name in ("blocks", "tokenizer", "report.md", "metrics.json", "removed.jsonl"):
         assert (out / name).exists(), name
     assert (tmp_path / "runs" / "smoke" / "pretrain" / "model.safetensors").exists()
     r = _llmkit("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=tmp_path)
     assert r.returncode == 0 and "[data] reused" in r.stdout and "[pretrain] reused" in r.stdout
+    assert "[sft] reused" in r.stdout
+    assert (tmp_path / "runs" / "smoke" / "sft" / "model.safetensors").exists()
 
 
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
@@ -27,8 +30,8 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
     assert main(["data", "--run-dir", str(tmp_path / "run"), "--corpus", str(bad), "--quiet"]) == 2
     assert f"{bad}:2: malformed JSON line" in capsys.readouterr().err
     assert not (tmp_path / "run" / "data").exists()
-    assert main(["pipeline", "--run-dir", str(tmp_path / "run"), "--stages", "data,sft"]) == 2
-    assert "unknown stage(s) sft" in capsys.readouterr().err
+    assert main(["pipeline", "--run-dir", str(tmp_path / "run"), "--stages", "data,ppo"]) == 2
+    assert "unknown stage(s) ppo" in capsys.readouterr().err
 
 
 def test_help_lists_every_data_option():
@@ -41,4 +44,14 @@ def test_help_lists_every_data_option():
 def test_pretrain_help_lists_its_options():
     help_text = build_parser()._subparsers._group_actions[0].choices["pretrain"].format_help()
     for option in ("--data", "--base-model", "--depth", "--max-steps", "--batch-size", "--seq-len", "--compile"):
+        assert option in help_text
+
+
+def test_sft_without_a_base_model_exits_2_and_says_what_to_do(tmp_path, capsys):
+    assert main(["sft", "--run-dir", str(tmp_path / "run"), "--lora", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no config.json" in err and "run pretraining first" in err
+    assert not (tmp_path / "run" / "lora").exists()
+    help_text = build_parser()._subparsers._group_actions[0].choices["sft"].format_help()
+    for option in ("--sft-data", "--format", "--lora", "--lora-r", "--max-examples", "--epochs", "--sft-base-model"):
         assert option in help_text

@@ -38,14 +38,18 @@ class LiveMonitor:
                            for s in record["samples"])
             self.samples.value = f"<table><tr><th>prompt</th><th>continuation</th></tr>{rows}</table>"
             return
-        if "loss" in record:
-            parts = [f"step {record['step']}", f"loss {record['loss']:.3f}"]
+        if "loss" in record or "val_loss" in record:
+            parts = [f"step {record['step']}"]
+            if "loss" in record:
+                parts.append(f"loss {record['loss']:.3f}")
+            if "val_loss" in record:
+                parts.append(f"val loss {record['val_loss']:.3f}")
             if "val_bpb" in record:
                 parts.append(f"val bpb {record['val_bpb']:.3f}")
             if "tokens_per_s" in record:
                 parts.append(f"{record['tokens_per_s']:.0f} tok/s")
             self.status.value = f"<b>{html.escape(self._title)}</b>: " + " · ".join(parts)
-            if len([r for r in self.records if "loss" in r]) % self.every == 0:
+            if len([r for r in self.records if "loss" in r or "val_loss" in r]) % self.every == 0:
                 self.redraw()
 
     def redraw(self) -> None:

@@ -1,0 +1,197 @@
+"""Chat-data format adapters: the common instruction-tuning formats, read into TRL's `messages` format.
+
+    messages           {"messages": [{"role": "user", "content": …}, {"role": "assistant", "content": …}]}
+    alpaca             {"instruction": …, "input": … (optional), "output": …}
+    sharegpt           {"conversations": [{"from": "human", "value": …}, {"from": "gpt", "value": …}]}
+    prompt_completion  {"prompt": …, "completion": …}  (strings, or lists of messages)
+    hh                 {"chosen": "\\n\\nHuman: …\\n\\nAssistant: …"} (Anthropic HH-RLHF), or {"text": <transcript>}
+    self_instruct      {"instruction": …, "instances": [{"input": …, "output": …}, …]}  (one conversation per instance)
+
+`read_conversations(path)` detects the format from the first row (or takes `data_format=`) and converts every
+row; a row it cannot read raises a DataError naming the file, the line and the fields it expected.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from llmkit.loaders import DataError, iter_records
+
+ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+         "chatgpt": "assistant", "bot": "assistant", "model": "assistant"}
+EXPECTED = {
+    "messages": "`messages`: a list of {role, content} ending with an assistant turn",
+    "alpaca": "`instruction` and `output` (and optionally `input`, `system`)",
+    "sharegpt": "`conversations`: a list of {from, value} with from = human/gpt (or user/assistant/system)",
+    "prompt_completion": "`prompt` and `completion`",
+    "hh": "`chosen` (or `text`): a transcript of '\\n\\nHuman: …' and '\\n\\nAssistant: …' turns",
+    "self_instruct": "`instruction` and `instances`: a list of {input, output}",
+}
+FORMATS = tuple(EXPECTED)
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+
+
+def expected_fields() -> str:
+    return "; ".join(f"{name}: {fields}" for name, fields in EXPECTED.items())
+
+
+def detect_format(row: dict) -> str | None:
+    """The format a row is in, from its fields; None if it matches none."""
+    if not isinstance(row, dict):
+        return None
+    if "messages" in row:
+        return "messages"
+    if "conversations" in row:
+        return "sharegpt"
+    if "instruction" in row and "instances" in row:
+        return "self_instruct"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    for key in ("chosen", "text"):
+        if isinstance(row.get(key), str) and "\n\nAssistant:" in row[key] and "Human:" in row[key]:
+            return "hh"
+    return None
+
+
+def to_messages(row: dict, data_format: str) -> list[list[dict]]:
+    """The conversations (usually one) in a row of `data_format`. Raises ValueError saying what is wrong."""
+    if data_format not in EXPECTED:
+        raise ValueError(f"unknown format {data_format!r}; accepted: {', '.join(FORMATS)}")
+    if not isinstance(row, dict):
+        raise ValueError(f"the row is a {type(row).__name__}, not an object")
+    convert = {"messages": _from_messages, "alpaca": _from_alpaca, "sharegpt": _from_sharegpt,
+               "prompt_completion": _from_prompt_completion, "hh": _from_hh, "self_instruct": _from_self_instruct}
+    return [_check(m) for m in convert[data_format](row)]
+
+
+def read_conversations(path: str | Path, data_format: str = "auto", limit: int | None = None) -> list[dict]:
+    """Rows {"messages": [...]} from a file or folder in any of FORMATS (`auto`: detected from the first row)."""
+    if data_format != "auto" and data_format not in EXPECTED:
+        raise DataError(f"data_format={data_format!r} is not a format llmkit reads; accepted: auto, {', '.join(FORMATS)}")
+    out: list[dict] = []
+    fmt = None if data_format == "auto" else data_format
+    for row, where in iter_records(path):
+        if fmt is None:
+            fmt = detect_format(row)
+            if fmt is None:
+                fields = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
+                raise DataError(f"{where}: cannot tell the chat-data format of a row with fields [{fields}]; "
+                                f"expected one of — {expected_fields()}")
+        try:
+            conversations = to_messages(row, fmt)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            fields = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
+            raise DataError(f"{where}: not a valid {fmt} row ({e}); fields found: [{fields}]; "
+                            f"expected {EXPECTED[fmt]}") from None
+        out += [{"messages": m} for m in conversations]
+        if limit is not None and len(out) >= limit:
+            return out[:limit]
+    if not out:
+        raise DataError(f"{path}: no conversations found")
+    return out
+
+
+# ---- one converter per format ---------------------------------------------------------------------
+def _text(row: dict, key: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"`{key}` is missing or not a string")
+    return value
+
+
+def _from_messages(row: dict) -> list[list[dict]]:
+    msgs = row["messages"]
+    if not isinstance(msgs, list):
+        raise ValueError("`messages` is not a list")
+    out = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"message {i} is not a {{role, content}} object")
+        role = ROLES.get(str(m["role"]).lower())
+        if role is None:
+            raise ValueError(f"message {i} has role {m['role']!r}; accepted: system, user, assistant")
+        out.append({"role": role, "content": _content_text(m["content"], i)})
+    return [out]
+
+
+def _content_text(content, i: int) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # [{"type": "text", "text": …}, …]
+        return "".join(block.get("text", "") for block in content if isinstance(block, dict))
+    raise ValueError(f"message {i}'s content is a {type(content).__name__}, not text")
+
+
+def _from_alpaca(row: dict) -> list[list[dict]]:
+    instruction, output = _text(row, "instruction"), _text(row, "output")
+    extra = row.get("input") or ""
+    if not isinstance(extra, str):
+        raise ValueError("`input` is not a string")
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    system = [{"role": "system", "content": row["system"]}] if isinstance(row.get("system"), str) and row["system"] else []
+    return [system + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]]
+
+
+def _from_sharegpt(row: dict) -> list[list[dict]]:
+    turns = row["conversations"]
+    if not isinstance(turns, list):
+        raise ValueError("`conversations` is not a list")
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict) or "from" not in t or "value" not in t:
+            raise ValueError(f"turn {i} is not a {{from, value}} object")
+        role = ROLES.get(str(t["from"]).lower())
+        if role is None:
+            raise ValueError(f"turn {i} is from {t['from']!r}; accepted: human, gpt, user, assistant, system")
+        out.append({"role": role, "content": _content_text(t["value"], i)})
+    return [out]
+
+
+def _from_prompt_completion(row: dict) -> list[list[dict]]:
+    prompt, completion = row["prompt"], row["completion"]
+    if isinstance(prompt, list) and isinstance(completion, list):  # conversational prompt/completion
+        return _from_messages({"messages": prompt + completion})
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return [[{"role": "user", "content": prompt}, {"role": "assistant", "content": completion.lstrip()}]]
+    raise ValueError("`prompt` and `completion` must both be strings or both lists of messages")
+
+
+def hh_transcript(text: str) -> list[dict]:
+    """'\\n\\nHuman: hi\\n\\nAssistant: hello' -> [{user: hi}, {assistant: hello}]."""
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise ValueError("the transcript does not start with '\\n\\nHuman:'")
+    msgs = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        msgs.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
+    return msgs
+
+
+def _from_hh(row: dict) -> list[list[dict]]:
+    key = "chosen" if "chosen" in row else "text"
+    return [hh_transcript(_text(row, key))]
+
+
+def _from_self_instruct(row: dict) -> list[list[dict]]:
+    instruction, instances = _text(row, "instruction"), row["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise ValueError("`instances` is not a non-empty list")
+    out = []
+    for i, inst in enumerate(instances):
+        if not isinstance(inst, dict) or not isinstance(inst.get("output"), str):
+            raise ValueError(f"instance {i} has no string `output`")
+        extra = inst.get("input") or ""
+        user = f"{instruction}\n\n{extra}" if isinstance(extra, str) and extra.strip() else instruction
+        out.append([{"role": "user", "content": user}, {"role": "assistant", "content": inst["output"]}])
+    return out
+
+
+def _check(messages: list[dict]) -> list[dict]:
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError("the conversation has no assistant turn to learn from")
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("the conversation does not end with an assistant turn")
+    return messages

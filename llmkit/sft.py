@@ -1,0 +1,298 @@
+"""Supervised fine-tuning: teach the pretrained model to answer, on TRL's `SFTTrainer`.
+
+Each conversation is rendered with the chat template (ChatML for llmkit's tokenizer) and the loss is taken
+on the assistant's tokens only — the `{% generation %}` span of the template, `<|im_end|>` included, so the
+model also learns to stop:
+
+    loss = − mean over assistant tokens t of log p(token_t | everything before it)
+
+Full fine-tuning updates every weight; **LoRA** (`lora=True`, through peft) freezes them and learns a low-rank
+update W + (α/r)·B·A for the chosen linear layers, so a small fraction of the parameters trains. After
+training the adapter is merged (`merge_and_unload`) into a plain checkpoint that `AutoModelForCausalLM`
+loads; the adapter itself is kept in `adapter/`.
+
+The closed world measures what SFT did: accuracy on questions about people the SFT data never names
+(held-out: knowledge the model can only have from pretraining) and about people it does name (trained),
+beside the base model's accuracy on the same questions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmkit import runs
+from llmkit.evaluate import qa_accuracy
+from llmkit.formats import read_conversations
+from llmkit.loaders import DataError, bundled_path, read_jsonl
+
+STAGE = "sft"
+
+
+class SFTError(ValueError):
+    """Bad input to SFT: the message says what is wrong and what is accepted."""
+
+
+@dataclass
+class SFTConfig:
+    base_model: str | None = None  # None: RUN_DIR/pretrain; else any local causal LM whose tokenizer has a chat template
+    train_data: str | None = None  # None: the bundled closed-world conversations; else a file/folder in any of formats.FORMATS
+    eval_data: str | None = None  # None: the bundled eval split, or 5 % of train_data
+    data_format: str = "auto"  # auto, messages, alpaca, sharegpt, prompt_completion, hh, self_instruct
+    max_examples: int | None = None  # train on the first N conversations only (the LIMA experiment)
+    epochs: float = 3.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float | None = None  # None: 1e-3 full, 3e-3 LoRA
+    batch_size: int = 32  # conversations per optimizer step
+    micro_batch_size: int | None = None  # per forward pass (gradient accumulation makes up the rest)
+    max_length: int = 256  # tokens per conversation (longer ones are truncated)
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    packing: bool | None = None  # None: on only where padding-free attention exists (CUDA + FlashAttention)
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: str | list[str] = "all-linear"
+    stage_name: str | None = None  # output folder name; None: "sft", or "lora" with lora=True
+    eval_every: int = 50
+    qa_eval: bool | None = None  # None: on when training on the bundled closed-world data
+    qa_limit: int | None = None  # questions per QA split (None: all)
+    mixed_precision: str = "auto"  # "auto" (bf16 on a GPU that has it), "bf16", "fp16", "no"
+    seed: int = 0
+
+
+STEP_PRESETS = {"smoke": {"max_steps": 12, "eval_every": 6, "qa_limit": 24, "batch_size": 16}}
+
+
+def config_for(preset: str = "tiny", **overrides) -> SFTConfig:
+    if preset in STEP_PRESETS:
+        return SFTConfig(**{**STEP_PRESETS[preset], **overrides})
+    return SFTConfig(**overrides)
+
+
+def run(config: SFTConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
+        callbacks: tuple = ()) -> runs.StageResult:
+    """Fine-tune and write RUN_DIR/sft (or RUN_DIR/lora). `callbacks`: objects with `on_log(record)`."""
+    stage = config.stage_name or ("lora" if config.lora else STAGE)
+    run_dir = Path(run_dir)
+    base = Path(config.base_model) if config.base_model else run_dir / "pretrain"
+    done = runs.stage_dir(run_dir, stage)
+    if runs.finished(done) and not overwrite:
+        return runs.StageResult(stage, done, runs.read_metrics(done), reused=True)
+    tokenizer, model = load_base(base, run_dir)  # before touching the run folder: bad input changes nothing
+    train_rows, eval_rows = load_conversations(config)
+    final, work = runs.reuse_or_start(run_dir, stage, overwrite)
+    if work is None:
+        return runs.StageResult(stage, final, runs.read_metrics(final), reused=True)
+    try:
+        return _train(config, run_dir, base, tokenizer, model, train_rows, eval_rows, final, work, progress, callbacks)
+    except BaseException:
+        runs.abandon(work)
+        raise
+
+
+def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], eval_rows: list[dict], work: Path,
+                  progress: bool = False, callbacks: tuple = ()):
+    """TRL's SFTTrainer set up as llmkit runs it: assistant-only loss, cosine schedule, LoRA if asked."""
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer
+
+    cuda = torch.cuda.is_available()
+    micro = min(config.micro_batch_size or config.batch_size, config.batch_size)
+    if config.batch_size % micro:
+        raise SFTError(f"batch_size {config.batch_size} must be a multiple of micro_batch_size {micro}")
+    args = TRLConfig(
+        output_dir=str(work / "trainer"), per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=config.batch_size // micro, num_train_epochs=config.epochs,
+        max_steps=config.max_steps, learning_rate=learning_rate(config), lr_scheduler_type="cosine",
+        warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_length=config.max_length,
+        assistant_only_loss=True, packing=packing(config), eval_strategy="steps", eval_steps=config.eval_every,
+        logging_steps=max(1, config.eval_every // 5), save_strategy="no", report_to=[], seed=config.seed,
+        data_seed=config.seed, use_cpu=not cuda, bf16=_bf16(config), fp16=config.mixed_precision == "fp16",
+        gradient_checkpointing=False, disable_tqdm=not progress, dataloader_num_workers=0,
+    )
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                         eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)  # llmkit writes log.jsonl and the monitor shows it
+    return trainer
+
+
+def learning_rate(config: SFTConfig) -> float:
+    return config.learning_rate or (3e-3 if config.lora else 1e-3)
+
+
+def packing(config: SFTConfig) -> bool:
+    return config.packing if config.packing is not None else (torch.cuda.is_available() and _has_flash_attention())
+
+
+def _bf16(config: SFTConfig) -> bool:
+    cuda = torch.cuda.is_available()
+    return config.mixed_precision == "bf16" or (config.mixed_precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+
+
+def _train(config, run_dir, base, tokenizer, model, train_rows, eval_rows, final, work, progress, callbacks):
+    cuda = torch.cuda.is_available()
+    log = _LogBridge(work / "log.jsonl", callbacks)
+    trainer = build_trainer(config, tokenizer, model, train_rows, eval_rows, work, progress, [log.trainer_callback()])
+    trainable, total = _parameter_counts(trainer.model)
+    if progress:
+        print(f"[{final.name}] trainable parameters: {trainable:,} of {total:,} ({trainable / total:.2%})")
+    start = time.perf_counter()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    final_eval = trainer.evaluate()
+
+    model = trainer.model
+    if config.lora:
+        model.save_pretrained(work / "adapter")
+        model = model.merge_and_unload()
+    model = model.float()
+    model.save_pretrained(work, safe_serialization=True)
+    tokenizer.save_pretrained(work)
+
+    metrics = {
+        "method": "lora" if config.lora else "full", "base_model": str(base), "train_examples": len(train_rows),
+        "eval_examples": len(eval_rows), "steps": trainer.state.global_step, "train_seconds": train_seconds,
+        "trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total,
+        "eval_loss": final_eval.get("eval_loss"), "learning_rate": learning_rate(config), "packing": packing(config),
+        # what training holds besides activations: fp32 weights, gradients and two AdamW moments per trained weight
+        "weights_grads_optimizer_mb": (total + 3 * trainable) * 4 / 2**20,
+    }
+    if cuda:
+        metrics["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if config.qa_eval if config.qa_eval is not None else config.train_data is None:
+        metrics.update(closed_world_qa(model, tokenizer, base, config.qa_limit))
+    log.write({"step": trainer.state.global_step, "samples": [
+        {"prompt": e["prompt"], "continuation": e["answer"]} for e in metrics.get("qa_heldout_examples", [])[:4]]})
+    _save_curves(work)
+    return runs.commit(work, final, config, metrics)
+
+
+# ---- inputs ---------------------------------------------------------------------------------------
+def load_base(base: Path, run_dir: Path):
+    """(tokenizer, model) of the model to fine-tune; clear errors for a missing model or chat template."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (base / "config.json").exists():
+        hint = "run pretraining first (llmkit pretrain --run-dir " + str(run_dir) + ") or pass base_model / --base-model"
+        raise SFTError(f"{base}: not a local transformers model folder (no config.json); {hint}")
+    tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    if not tokenizer.chat_template:
+        raise SFTError(f"{base}: the tokenizer has no chat template; SFT renders conversations with it. Add one "
+                       "(tokenizer.chat_template = ...; llmkit.tokenizer.CHAT_TEMPLATE is ChatML) and save it")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+    return tokenizer, model
+
+
+def load_conversations(config: SFTConfig) -> tuple[list[dict], list[dict]]:
+    """(train, eval) rows {"messages": [...]} in TRL's conversational format."""
+    if config.train_data is None:
+        train = read_conversations(bundled_path("sft_train.jsonl"), "messages")
+        evals = read_conversations(config.eval_data or bundled_path("sft_eval.jsonl"), config.data_format)
+    else:
+        train = read_conversations(config.train_data, config.data_format)
+        if config.eval_data:
+            evals = read_conversations(config.eval_data, config.data_format)
+        else:
+            n_eval = max(1, len(train) // 20) if len(train) > 1 else 0
+            train, evals = train[n_eval:], train[:n_eval] or train[:1]
+    if config.max_examples is not None:
+        if config.max_examples < 1:
+            raise DataError(f"max_examples={config.max_examples}: give a positive number of conversations")
+        train = train[: config.max_examples]
+    return train, evals
+
+
+def closed_world_qa(model, tokenizer, base: Path, limit: int | None = None) -> dict:
+    """QA accuracy on held-out and trained people, for the fine-tuned model and for its base model."""
+    from transformers import AutoModelForCausalLM
+
+    heldout = read_jsonl(bundled_path("qa_heldout.jsonl"))[:limit]
+    trained = read_jsonl(bundled_path("qa_trained.jsonl"))[:limit]
+    out: dict = {}
+    for split, rows in (("heldout", heldout), ("trained", trained)):
+        r = qa_accuracy(model, tokenizer, rows)
+        out[f"qa_{split}"] = r["accuracy"]
+        out[f"format_ok_{split}"] = r["format_ok"]
+        out[f"qa_{split}_examples"] = r["examples"]
+    base_model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+    base_model.to(next(model.parameters()).device)
+    out["base_qa_heldout"] = qa_accuracy(base_model, tokenizer, heldout)["accuracy"]
+    out["base_qa_trained"] = qa_accuracy(base_model, tokenizer, trained)["accuracy"]
+    return out
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+class _LogBridge:
+    """Writes the trainer's log records to log.jsonl (llmkit's names: loss, val_loss) and hands them to callbacks."""
+
+    def __init__(self, path: Path, callbacks):
+        self.path, self.callbacks = path, list(callbacks)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        for cb in self.callbacks:
+            cb.on_log(record)
+
+    def trainer_callback(self):
+        from transformers import TrainerCallback
+
+        bridge = self
+
+        class Bridge(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                logs = logs or {}
+                record = {"step": state.global_step}
+                for src, dst in (("loss", "loss"), ("eval_loss", "val_loss"), ("learning_rate", "lr"),
+                                 ("grad_norm", "grad_norm"), ("epoch", "epoch"), ("mean_token_accuracy", "token_accuracy"),
+                                 ("eval_mean_token_accuracy", "val_token_accuracy")):
+                    if src in logs:
+                        record[dst] = float(logs[src])
+                if len(record) > 1 and ("loss" in record or "val_loss" in record):
+                    if "loss" not in record:  # an eval record: the monitor plots it beside the last train loss
+                        record["eval"] = True
+                    bridge.write(record)
+
+        return Bridge()
+
+
+def _parameter_counts(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def _has_flash_attention() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _save_curves(work: Path) -> None:
+    from llmkit.curves import plot_training_log
+    from llmkit.loaders import read_jsonl as read
+
+    records = read(work / "log.jsonl")
+    if any("loss" in r for r in records):
+        plot_training_log(records).savefig(work / "curves.png", dpi=100)

@@ -1,0 +1,119 @@
+"""SFT stage: assistant-only loss, a real TRL run (full and LoRA), merged checkpoints, and bad input."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llmkit import sft
+from llmkit.loaders import DataError
+from llmkit.model import build_model
+from llmkit.tokenizer import load_tokenizer
+
+FAST = dict(max_steps=6, eval_every=3, batch_size=8, qa_limit=12)
+
+
+@pytest.fixture(scope="session")
+def base_model(data_run, tmp_path_factory):
+    """A tiny model (2 layers, from scratch) with the data stage's tokenizer and chat template."""
+    out = tmp_path_factory.mktemp("base") / "pretrain"
+    tokenizer = load_tokenizer(data_run.output_dir / "tokenizer")
+    model = build_model(2, tokenizer, seed=0)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_loss_is_taken_on_assistant_tokens_only(base_model, tmp_path):
+    """The labels the trainer sees are -100 on every system/user/template token; the trained tokens spell out
+    exactly the assistant's answers, each followed by <|im_end|> (so the model learns to stop)."""
+    tokenizer, model = sft.load_base(base_model, tmp_path)
+    convo = [{"role": "user", "content": "Where was Ada born?"}, {"role": "assistant", "content": "Ada was born in Elmford."},
+             {"role": "user", "content": "And when?"}, {"role": "assistant", "content": "In 1931."}]
+    rows = [{"messages": convo}, {"messages": convo[:2]}]
+    trainer = sft.build_trainer(sft.SFTConfig(**FAST), tokenizer, model, rows, rows, tmp_path)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        trained = ids[labels != -100]
+        assert (labels[labels != -100] == ids[labels != -100]).all()
+        text = tokenizer.decode(trained)
+        assert "Where was Ada born?" not in text and "user" not in text and "<|im_start|>" not in text
+        assert text.startswith("Ada was born in Elmford.<|im_end|>")
+    first, second = (tokenizer.decode(ids[labels != -100]) for ids, labels in zip(batch["input_ids"], batch["labels"]))
+    assert first == "Ada was born in Elmford.<|im_end|>In 1931.<|im_end|>"
+    assert second == "Ada was born in Elmford.<|im_end|>"
+
+
+def test_full_sft_run_writes_a_chat_checkpoint_and_its_measurements(base_model, tmp_path):
+    from widgets.live_monitor import LiveMonitor
+
+    monitor = LiveMonitor()
+    result = sft.run(sft.SFTConfig(base_model=str(base_model), **FAST), tmp_path, progress=False, callbacks=[monitor])
+    out = result.output_dir
+    assert out == tmp_path / "sft" and not (tmp_path / ".sft.partial").exists()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert "{% generation %}" in tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+    m = result.metrics
+    for key in ("qa_heldout", "qa_trained", "base_qa_heldout", "base_qa_trained", "format_ok_heldout", "eval_loss"):
+        assert 0 <= m[key] <= (1 if "qa" in key or "format" in key else 100), key
+    assert m["method"] == "full" and m["trainable_fraction"] == 1.0 and m["steps"] == 6
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    evals = [r["val_loss"] for r in log if "val_loss" in r]
+    assert len(evals) >= 2 and evals[-1] < evals[0]  # it learned something from the conversations
+    assert any("loss" in r for r in monitor.records) and (out / "curves.png").exists()
+    assert sum(p.numel() for p in model.parameters()) == m["total_params"]
+    assert sft.run(sft.SFTConfig(base_model=str(base_model), **FAST), tmp_path, progress=False).reused
+
+
+def test_lora_trains_a_few_percent_and_merges_to_the_same_logits(base_model, tmp_path):
+    from peft import PeftModel
+
+    cfg = sft.SFTConfig(base_model=str(base_model), lora=True, lora_r=8, **FAST)
+    result = sft.run(cfg, tmp_path, progress=False)
+    out, m = result.output_dir, result.metrics
+    assert out == tmp_path / "lora" and m["method"] == "lora"
+    base = AutoModelForCausalLM.from_pretrained(base_model)
+    linears = [mod for name, mod in base.named_modules() if isinstance(mod, torch.nn.Linear) and "lm_head" not in name]
+    assert m["trainable_params"] == sum(8 * (x.in_features + x.out_features) for x in linears)  # r·(in+out) each
+    assert m["trainable_fraction"] < 0.06  # 2 layers, width 128; the tiny preset trains under 5 %
+    merged = AutoModelForCausalLM.from_pretrained(out)  # a plain checkpoint: no peft needed to load it
+    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), out / "adapter")
+    ids = AutoTokenizer.from_pretrained(out)("Where was Ada born?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        a, b, c = merged(ids).logits, adapter(ids).logits, base(ids).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(a, c, atol=1e-4)  # the adapter changed the model
+
+
+def test_missing_base_or_chat_template_is_a_clear_error_and_writes_nothing(base_model, tmp_path):
+    with pytest.raises(sft.SFTError, match="run pretraining first"):
+        sft.run(sft.SFTConfig(**FAST), tmp_path / "empty")
+    assert not (tmp_path / "empty").exists()
+    plain = tmp_path / "no_template"
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(plain)
+    AutoModelForCausalLM.from_pretrained(base_model).save_pretrained(plain)
+    with pytest.raises(sft.SFTError, match="no chat template"):
+        sft.run(sft.SFTConfig(base_model=str(plain), **FAST), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_data_format_names_the_file_and_row(base_model, tmp_path):
+    bad = tmp_path / "chats.jsonl"
+    bad.write_text(json.dumps({"instruction": "hi", "output": "hello"}) + "\n" + json.dumps({"q": "x", "a": "y"}) + "\n")
+    with pytest.raises(DataError, match=rf"{bad}:2: .*fields found: \[a, q\]"):
+        sft.run(sft.SFTConfig(base_model=str(base_model), train_data=str(bad), **FAST), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_sft_on_alpaca_file(base_model, tmp_path):
+    rows = [{"instruction": f"Say the number {i}.", "input": "", "output": f"{i}"} for i in range(40)]
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = sft.run(sft.SFTConfig(base_model=str(base_model), train_data=str(path), **FAST), tmp_path / "run",
+                     progress=False)
+    assert result.metrics["train_examples"] == 38 and result.metrics["eval_examples"] == 2
+    assert "qa_heldout" not in result.metrics  # not the closed world: no closed-world QA
