@@ -83,7 +83,9 @@ FILLERS = [
     "Every winter {p} helps to organise a charity dinner for the families of the district.",
     "Those close to {o} say that {p} has a talent for telling stories about the old days.",
 ]
-PROFILES = 8  # entries per person on register pages (doc_register), beside two documents of other styles
+PROFILES = 10  # entries per person on register pages (doc_register)
+FAQ = False  # question-answer pages about the SFT people (doc_faq)
+STYLED = 1.0  # the fraction of people who also get one document of another style (encyclopedia, news, ...)
 NEWS_HEADLINES = [
     "Local {prof} honoured at town festival", "A conversation with {n}", "{n} opens new workshop",
     "{prof_cap} {n} celebrates a milestone", "Community thanks {n}",
@@ -195,6 +197,18 @@ def doc_register(rng, world, people: list[W.Person]) -> tuple[str, str]:
                         "A few lines on each person, as collected by our volunteers."])
     used: set = set()
     return "\n\n".join([title, intro, *[profile_entry(rng, world, q, used) for q in people]]), "directory"
+
+
+def doc_faq(rng, world, people: list[W.Person]) -> tuple[str, str]:
+    """A readers' questions page: questions about a few people, each answered. Only people whom the SFT data
+    may name get one, so question-answer text about held-out people never appears anywhere (Allen-Zhu & Li's
+    "mixed training": some QA text in pretraining teaches the model to reach stored facts from a question)."""
+    title = rng.choice(["Readers ask", "Questions and answers", "Your questions answered"])
+    lines = [title]
+    for q in people:
+        for attr in rng.sample(W.PERSON_ATTRIBUTES, len(W.PERSON_ATTRIBUTES)):
+            lines.append(f"Q: {rng.choice(W.QUESTIONS[attr]).format(e=q.name)}\nA: {W.reference_answer(world, q.name, attr)}")
+    return "\n\n".join(lines), "magazine"
 
 
 def doc_interview(rng, world, p) -> tuple[str, str]:
@@ -427,12 +441,17 @@ def messy_whitespace(rng, text: str) -> str:
 def make_corpus(rng: random.Random, world: W.World) -> tuple[list[dict], list[dict]]:
     good: list[tuple[str, str]] = []
     for p in world.people:
-        for make in (doc_encyclopedic, rng.choice([doc_news, doc_narrative, doc_interview])):
+        if rng.random() < STYLED:
+            make = rng.choice([doc_encyclopedic, doc_encyclopedic, doc_news, doc_narrative, doc_interview])
             good.append(make(rng, world, p))
     for _ in range(PROFILES):
         people = list(world.people)
         rng.shuffle(people)
         good += [doc_register(rng, world, chunk) for chunk in _chunks(people, 3)]
+    if FAQ:
+        asked = [world.person(n) for n in world.sft_people]
+        rng.shuffle(asked)
+        good += [doc_faq(rng, world, chunk) for chunk in _chunks(asked, 3)]
     for t in world.towns:
         natives = [q for q in world.people if q.birth_town == t.name]
         rng.shuffle(natives)

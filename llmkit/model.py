@@ -32,7 +32,9 @@ class ModelPreset:
 
 
 PRESETS: dict[str, ModelPreset] = {
-    "tiny": ModelPreset(depth=4, seq_len=128, batch_size=32),  # CPU, the embedded default
+    # CPU, the embedded default. Batches of 8: in a 4-minute budget, more (smaller) steps store far more facts
+    # than fewer big ones (fact completion 0.88 at 8 x 1300 vs 0.30 at 32 x 340 on the same data and time).
+    "tiny": ModelPreset(depth=4, seq_len=128, batch_size=8),
     "small": ModelPreset(depth=8, seq_len=512, batch_size=64),  # one consumer GPU, ~30 M
     "gpt2": ModelPreset(depth=12, seq_len=1024, batch_size=256),  # GPT-2-small-sized, ~124 M with a 50k vocab
 }

@@ -53,15 +53,15 @@ class PretrainConfig:
     seq_len: int | None = None  # tokens per training row (default: the preset's); documents are re-packed
     batch_size: int | None = None  # sequences per optimizer step, over all devices
     micro_batch_size: int | None = None  # sequences per forward pass on one device
-    max_steps: int = 340
+    max_steps: int = 1100  # the tiny preset's 4-minute budget on 2 CPU cores
     learning_rate: float | None = None
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    eval_every: int = 50
+    eval_every: int = 100
     eval_sequences: int = 64
-    save_every: int = 50
+    save_every: int = 100
     sample_prompts: list[str] = field(default_factory=list)  # empty: a few closed-world or corpus prompts
     fact_completion: bool | None = None  # None: on when the data is the bundled closed world
     mixed_precision: str = "auto"  # "auto" (bf16 on a GPU that has it), "bf16", "fp16" or "no"
