@@ -44,7 +44,7 @@ class SFTConfig:
     eval_data: str | None = None  # None: the bundled eval split, or 5 % of train_data
     data_format: str = "auto"  # auto, messages, alpaca, sharegpt, prompt_completion, hh, self_instruct
     max_examples: int | None = None  # train on the first N conversations only (the LIMA experiment)
-    epochs: float = 3.0
+    epochs: float | None = None  # None: 3 for full fine-tuning, 10 for LoRA (measured: LoRA held-out QA 0.19 at 3, 0.47 at 10)
     max_steps: int = -1  # > 0 overrides epochs
     learning_rate: float | None = None  # None: 1e-3 full, 3e-3 LoRA
     batch_size: int = 32  # conversations per optimizer step
@@ -110,7 +110,7 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
         raise SFTError(f"batch_size {config.batch_size} must be a multiple of micro_batch_size {micro}")
     args = TRLConfig(
         output_dir=str(work / "trainer"), per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
-        gradient_accumulation_steps=config.batch_size // micro, num_train_epochs=config.epochs,
+        gradient_accumulation_steps=config.batch_size // micro, num_train_epochs=epochs(config),
         max_steps=config.max_steps, learning_rate=learning_rate(config), lr_scheduler_type="cosine",
         warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_length=config.max_length,
         assistant_only_loss=True, packing=packing(config), eval_strategy="steps", eval_steps=config.eval_every,
@@ -129,6 +129,10 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
                          peft_config=peft_config, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # llmkit writes log.jsonl and the monitor shows it
     return trainer
+
+
+def epochs(config: SFTConfig) -> float:
+    return config.epochs if config.epochs is not None else (10.0 if config.lora else 3.0)
 
 
 def learning_rate(config: SFTConfig) -> float:
