@@ -58,7 +58,8 @@ def test_full_sft_run_writes_a_chat_checkpoint_and_its_measurements(base_model, 
     m = result.metrics
     for key in ("qa_heldout", "qa_trained", "base_qa_heldout", "base_qa_trained", "format_ok_heldout", "eval_loss"):
         assert 0 <= m[key] <= (1 if "qa" in key or "format" in key else 100), key
-    assert m["method"] == "full" and m["trainable_fraction"] == 1.0 and m["steps"] == 6
+    embedding = model.get_input_embeddings().weight.numel()  # frozen by default (tied to the output layer)
+    assert m["method"] == "full" and m["trainable_params"] == m["total_params"] - embedding and m["steps"] == 6
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     evals = [r["val_loss"] for r in log if "val_loss" in r]
     assert len(evals) >= 2 and evals[-1] < evals[0]  # it learned something from the conversations
