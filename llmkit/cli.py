@@ -95,6 +95,16 @@ def _sft_config(args: argparse.Namespace) -> sft.SFTConfig:
     return sft.config_for(args.preset, **overrides)
 
 
+def _stage_parser(sub, name: str, module, help_text: str, writes: str, overwrite_help: str):
+    """The subcommand of one stage, with the options every stage command has."""
+    p = sub.add_parser(name, help=help_text, description=module.__doc__.split("\n\n")[0])
+    p.add_argument("--run-dir", required=True, help=f"run folder; the stage writes {writes}")
+    p.add_argument("--preset", default="tiny", choices=PRESET_CHOICES)
+    p.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llmkit", description="Build a ChatGPT-style assistant stage by stage.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -112,29 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_options(p)
     _add_sft_options(p)
 
-    p = sub.add_parser("data", help="clean, deduplicate and tokenize a corpus into packed blocks",
-                       description=data.__doc__.split("\n\n")[0])
-    p.add_argument("--run-dir", required=True, help="run folder; the stage writes RUN_DIR/data/")
-    p.add_argument("--preset", default="tiny", choices=list(data.PRESETS))
-    p.add_argument("--overwrite", action="store_true", help="replace a finished data stage")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p = _stage_parser(sub, "data", data, "clean, deduplicate and tokenize a corpus into packed blocks",
+                      "RUN_DIR/data/", "replace a finished data stage")
     _add_data_options(p)
 
-    p = sub.add_parser("pretrain", help="train a language model on the data stage's blocks or on text",
-                       description=pretrain.__doc__.split("\n\n")[0])
-    p.add_argument("--run-dir", required=True, help="run folder; the stage writes RUN_DIR/pretrain/")
-    p.add_argument("--preset", default="tiny", choices=PRESET_CHOICES)
-    p.add_argument("--overwrite", action="store_true", help="start again instead of reusing or resuming")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p = _stage_parser(sub, "pretrain", pretrain, "train a language model on the data stage's blocks or on text",
+                      "RUN_DIR/pretrain/", "start again instead of reusing or resuming")
     p.add_argument("--text-field", help="field holding the text in jsonl/parquet data")
     _add_pretrain_options(p)
 
-    p = sub.add_parser("sft", help="supervised fine-tuning (full or LoRA) on conversations",
-                       description=sft.__doc__.split("\n\n")[0])
-    p.add_argument("--run-dir", required=True, help="run folder; the stage writes RUN_DIR/sft/ (RUN_DIR/lora/ with --lora)")
-    p.add_argument("--preset", default="tiny", choices=PRESET_CHOICES)
-    p.add_argument("--overwrite", action="store_true", help="replace a finished SFT stage")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p = _stage_parser(sub, "sft", sft, "supervised fine-tuning (full or LoRA) on conversations",
+                      "RUN_DIR/sft/ (RUN_DIR/lora/ with --lora)", "replace a finished SFT stage")
     _add_sft_options(p)
     return ap
 

@@ -44,3 +44,9 @@ def plot_training_log(log: str | Path | list[dict], fig=None):
         a.set_xlabel("step")
     fig.tight_layout()
     return fig
+
+
+def save_curves(folder: str | Path) -> None:
+    """Draw FOLDER/log.jsonl into FOLDER/curves.png (what every training stage leaves in its folder)."""
+    folder = Path(folder)
+    plot_training_log(folder / "log.jsonl").savefig(folder / "curves.png", dpi=100)

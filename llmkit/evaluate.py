@@ -8,6 +8,8 @@ sentence.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from llmkit import world as W
@@ -20,26 +22,31 @@ FACT_PROMPTS = {
 }
 
 
-@torch.no_grad()
+@contextmanager
+def generation_mode(model, tokenizer):
+    """Eval mode and left padding (what batched generation needs) for the duration; both restored after."""
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    try:
+        with torch.no_grad():
+            yield next(model.parameters()).device
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+
+
 def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int = 8, batch_size: int = 64,
                          add_bos: bool = True, prefix: str = "") -> list[str]:
     """Greedy continuations of raw-text prompts (no chat template), batched with left padding."""
-    was_training = model.training
-    model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
     out: list[str] = []
-    try:
+    with generation_mode(model, tokenizer) as device:
         for i in range(0, len(prompts), batch_size):
             chunk = [((tokenizer.bos_token or "") if add_bos else "") + prefix + p for p in prompts[i:i + batch_size]]
             enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
     return out
 
 
@@ -78,21 +85,15 @@ def fact_completion(model, tokenizer, world: W.World | None = None, people: list
 
 
 # ---- chat models --------------------------------------------------------------------------------
-@torch.no_grad()
 def chat_generate(model, tokenizer, conversations: list, max_new_tokens: int = 48, batch_size: int = 64,
                   do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[dict]:
     """Answer each conversation (a user prompt string or a list of messages) through the chat template.
 
     Generation stops at EOS (`<|im_end|>` for llmkit's tokenizer). Returns, per conversation,
     {"text": answer without special tokens, "ended": whether it stopped at EOS, "tokens": answer length}."""
-    was_training = model.training
-    model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     out: list[dict] = []
-    try:
+    with generation_mode(model, tokenizer) as device:
         for i in range(0, len(conversations), batch_size):
             chunk = [[{"role": "user", "content": c}] if isinstance(c, str) else c for c in conversations[i:i + batch_size]]
             texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in chunk]
@@ -105,9 +106,6 @@ def chat_generate(model, tokenizer, conversations: list, max_new_tokens: int = 4
                 row = row[: row.index(eos)] if ended else [t for t in row if t != tokenizer.pad_token_id]
                 out.append({"text": tokenizer.decode(row, skip_special_tokens=True).strip(), "ended": ended,
                             "tokens": len(row)})
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
     return out
 
 
@@ -120,9 +118,10 @@ def qa_accuracy(model, tokenizer, rows: list[dict], oracle=None, max_new_tokens:
 
     oracle = oracle or Oracle()
     answers = chat_generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
-    correct = [oracle.is_correct(r["prompt"], a["text"]) for r, a in zip(rows, answers)]
+    verdicts = [oracle.judge(r["prompt"], a["text"]) for r, a in zip(rows, answers)]
+    correct = [v.correct >= 1.0 for v in verdicts]  # what Oracle.is_correct asks
     n = max(1, len(rows))
     return {"accuracy": sum(correct) / n, "format_ok": sum(a["ended"] for a in answers) / n,
-            "oracle_score": sum(oracle.score(r["prompt"], a["text"]) for r, a in zip(rows, answers)) / n,
+            "oracle_score": sum(v.score for v in verdicts) / n,
             "examples": [{"prompt": r["prompt"], "answer": a["text"], "correct": c, "expected": r.get("answer")}
                          for r, a, c in list(zip(rows, answers, correct))[:8]]}

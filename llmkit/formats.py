@@ -102,19 +102,23 @@ def _text(row: dict, key: str) -> str:
     return value
 
 
-def _from_messages(row: dict) -> list[list[dict]]:
-    msgs = row["messages"]
-    if not isinstance(msgs, list):
-        raise ValueError("`messages` is not a list")
+def _turns(items, role_key: str, content_key: str, what: str) -> list[dict]:
+    """[{role_key, content_key}, …] -> messages, with the role names of ROLES."""
+    if not isinstance(items, list):
+        raise ValueError(f"`{what}` is not a list")
     out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"message {i} is not a {{role, content}} object")
-        role = ROLES.get(str(m["role"]).lower())
+    for i, m in enumerate(items):
+        if not isinstance(m, dict) or role_key not in m or content_key not in m:
+            raise ValueError(f"{what}[{i}] is not a {{{role_key}, {content_key}}} object")
+        role = ROLES.get(str(m[role_key]).lower())
         if role is None:
-            raise ValueError(f"message {i} has role {m['role']!r}; accepted: system, user, assistant")
-        out.append({"role": role, "content": _content_text(m["content"], i)})
-    return [out]
+            raise ValueError(f"{what}[{i}] has {role_key} {m[role_key]!r}; accepted: {', '.join(ROLES)}")
+        out.append({"role": role, "content": _content_text(m[content_key], i)})
+    return out
+
+
+def _from_messages(row: dict) -> list[list[dict]]:
+    return [_turns(row["messages"], "role", "content", "messages")]
 
 
 def _content_text(content, i: int) -> str:
@@ -136,18 +140,7 @@ def _from_alpaca(row: dict) -> list[list[dict]]:
 
 
 def _from_sharegpt(row: dict) -> list[list[dict]]:
-    turns = row["conversations"]
-    if not isinstance(turns, list):
-        raise ValueError("`conversations` is not a list")
-    out = []
-    for i, t in enumerate(turns):
-        if not isinstance(t, dict) or "from" not in t or "value" not in t:
-            raise ValueError(f"turn {i} is not a {{from, value}} object")
-        role = ROLES.get(str(t["from"]).lower())
-        if role is None:
-            raise ValueError(f"turn {i} is from {t['from']!r}; accepted: human, gpt, user, assistant, system")
-        out.append({"role": role, "content": _content_text(t["value"], i)})
-    return [out]
+    return [_turns(row["conversations"], "from", "value", "conversations")]
 
 
 def _from_prompt_completion(row: dict) -> list[list[dict]]:

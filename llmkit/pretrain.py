@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from llmkit import runs
+from llmkit.curves import save_curves
 from llmkit.evaluate import fact_completion, greedy_continuations
 from llmkit.loaders import read_jsonl
 from llmkit.model import PRESETS, build_model, flops_per_token, parameter_counts
@@ -201,7 +202,7 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
             metrics["fact_completion_examples"] = fc["examples"]
         getattr(model, "_orig_mod", model).save_pretrained(work, safe_serialization=True)
         tokenizer.save_pretrained(work)
-        _save_curves(work)
+        save_curves(work)
         if not config.keep_checkpoints:
             shutil.rmtree(checkpoints, ignore_errors=True)
         result = runs.commit(work, final, config, metrics)
@@ -503,13 +504,6 @@ def _final_metrics(log_path: Path, model, seq_len: int, n_flops: float, peak: fl
         "flops_per_token": n_flops, "seq_len": seq_len, "train_seconds": last["elapsed_s"],
         "parameters": parameter_counts(model),
     }
-
-
-def _save_curves(work: Path) -> None:
-    from llmkit.curves import plot_training_log
-
-    fig = plot_training_log(work / "log.jsonl")
-    fig.savefig(work / "curves.png", dpi=100)
 
 
 def _progress(show: bool, total: int, start: int):

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from llmkit import runs
+from llmkit.curves import save_curves
 from llmkit.evaluate import qa_accuracy
 from llmkit.formats import read_conversations
 from llmkit.loaders import DataError, bundled_path, read_jsonl
@@ -190,7 +191,7 @@ def _train(config, run_dir, base, tokenizer, model, train_rows, eval_rows, final
         metrics.update(closed_world_qa(model, tokenizer, base, config.qa_limit))
     log.write({"step": trainer.state.global_step, "samples": [
         {"prompt": e["prompt"], "continuation": e["answer"]} for e in metrics.get("qa_heldout_examples", [])[:4]]})
-    _save_curves(work)
+    save_curves(work)
     return runs.commit(work, final, config, metrics)
 
 
@@ -216,7 +217,8 @@ def load_conversations(config: SFTConfig) -> tuple[list[dict], list[dict]]:
     """(train, eval) rows {"messages": [...]} in TRL's conversational format."""
     if config.train_data is None:
         train = read_conversations(bundled_path("sft_train.jsonl"), "messages")
-        evals = read_conversations(config.eval_data or bundled_path("sft_eval.jsonl"), config.data_format)
+        evals = (read_conversations(config.eval_data, config.data_format) if config.eval_data
+                 else read_conversations(bundled_path("sft_eval.jsonl"), "messages"))
     else:
         train = read_conversations(config.train_data, config.data_format)
         if config.eval_data:
@@ -297,12 +299,3 @@ def _has_flash_attention() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _save_curves(work: Path) -> None:
-    from llmkit.curves import plot_training_log
-    from llmkit.loaders import read_jsonl as read
-
-    records = read(work / "log.jsonl")
-    if any("loss" in r for r in records):
-        plot_training_log(records).savefig(work / "curves.png", dpi=100)
