@@ -703,7 +703,14 @@ def generate(out: Path, seed: int = 0, n_people: int = 200, n_towns: int = 40, n
     sft = make_sft(rng, world, fake)
     n_eval = max(1, len(sft) // 20)
     train_prompts = sample_prompts(rng, world, world.sft_people, fake[: len(fake) // 2], 1200)
-    eval_prompts = sample_prompts(rng, world, world.heldout_people, fake[len(fake) // 2:], 300)
+    heldout_prompts = sample_prompts(rng, world, world.heldout_people, fake[len(fake) // 2:], 300)
+    # The RM's eval split asks new questions about the same people as its training pairs (judging a wrong fact
+    # takes knowing the fact); pairs about held-out people measure how far the RM generalises beyond them.
+    # Its own random stream leaves every other file as it was.
+    erng = random.Random(seed + 2)
+    seen = set(train_prompts)
+    eval_prompts = [q for q in sample_prompts(erng, world, world.sft_people, fake[: len(fake) // 2], 600)
+                    if q not in seen][:300]
     files = {
         "corpus.jsonl": docs,
         "corpus_labels.jsonl": labels,
@@ -712,10 +719,11 @@ def generate(out: Path, seed: int = 0, n_people: int = 200, n_towns: int = 40, n
         "qa_heldout.jsonl": make_qa(rng, world, world.heldout_people),
         "qa_trained.jsonl": make_qa(rng, world, world.sft_people),
         "preferences_train.jsonl": make_preferences(rng, world, oracle, train_prompts),
-        "preferences_eval.jsonl": make_preferences(rng, world, oracle, eval_prompts),
+        "preferences_heldout.jsonl": make_preferences(rng, world, oracle, heldout_prompts),
         "rl_prompts_train.jsonl": [{"prompt": _user(q)} for q in sample_prompts(rng, world, world.sft_people, fake[:40], 400)],
         "rl_prompts_eval.jsonl": [{"prompt": _user(q)} for q in sample_prompts(rng, world, world.heldout_people, fake[40:], 100)],
     }
+    files["preferences_eval.jsonl"] = make_preferences(erng, world, oracle, eval_prompts)
     for name, rows in files.items():
         with open(out / name, "w", encoding="utf-8") as f:
             for r in rows:

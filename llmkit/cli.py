@@ -4,6 +4,8 @@
     llmkit data --run-dir DIR [--corpus PATH] [--text-field NAME] [--vocab-size N] [--block-size N] ...
     llmkit pretrain --run-dir DIR [--data PATH] [--base-model PATH] [--depth N] [--max-steps N] ...
     llmkit sft --run-dir DIR [--sft-data PATH] [--format auto] [--lora] [--sft-base-model PATH] ...
+    llmkit reward --run-dir DIR [--rm-data PATH] [--rm-format auto] [--labels PATH] ...
+    llmkit label [--run-dir DIR] [--items PATH | --from-checkpoint DIR] [--annotator NAME] [--port N]
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from llmkit import data, pretrain, sft
-from llmkit.formats import FORMATS
+from llmkit import data, pretrain, reward, sft
+from llmkit.formats import FORMATS, PREFERENCE_FORMATS
 from llmkit.loaders import DataError
 from llmkit.runs import StageExistsError
 
 PRESET_CHOICES = list(data.PRESETS)
-# Stages in pipeline order; later issues add reward, ppo.
-STAGES = ["data", "pretrain", "sft"]
+# Stages in pipeline order; a later issue adds ppo.
+STAGES = ["data", "pretrain", "sft", "reward"]
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -95,6 +97,28 @@ def _sft_config(args: argparse.Namespace) -> sft.SFTConfig:
     return sft.config_for(args.preset, **overrides)
 
 
+def _add_reward_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reward stage")
+    g.add_argument("--rm-base-model", help="local causal-LM folder to put the reward head on (default: RUN_DIR/sft)")
+    g.add_argument("--rm-data", help="preference pairs to train on (default: the bundled closed-world pairs)")
+    g.add_argument("--rm-eval-data", help="preference pairs to evaluate on (default: bundled eval split or 10%% of --rm-data)")
+    g.add_argument("--rm-format", choices=["auto", *PREFERENCE_FORMATS],
+                   help="format of --rm-data: explicit (prompt/chosen/rejected), implicit or hh transcripts")
+    g.add_argument("--labels", help="annotation-app labels to train on as well (default: RUN_DIR/labels.jsonl if present)")
+    g.add_argument("--rm-epochs", type=float, help="passes over the pairs")
+    g.add_argument("--rm-learning-rate", type=float, help="peak learning rate")
+    g.add_argument("--rm-lora", action="store_true", help="train a LoRA adapter (then merged) instead of every weight")
+
+
+def _reward_config(args: argparse.Namespace) -> reward.RewardConfig:
+    overrides = {k: v for k, v in {
+        "base_model": args.rm_base_model, "train_data": args.rm_data, "eval_data": args.rm_eval_data,
+        "data_format": args.rm_format, "labels": args.labels, "epochs": args.rm_epochs,
+        "learning_rate": args.rm_learning_rate, "lora": args.rm_lora or None,
+    }.items() if v is not None}
+    return reward.config_for(args.preset, **overrides)
+
+
 def _stage_parser(sub, name: str, module, help_text: str, writes: str, overwrite_help: str):
     """The subcommand of one stage, with the options every stage command has."""
     p = sub.add_parser(name, help=help_text, description=module.__doc__.split("\n\n")[0])
@@ -121,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     _add_pretrain_options(p)
     _add_sft_options(p)
+    _add_reward_options(p)
 
     p = _stage_parser(sub, "data", data, "clean, deduplicate and tokenize a corpus into packed blocks",
                       "RUN_DIR/data/", "replace a finished data stage")
@@ -134,7 +159,68 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage_parser(sub, "sft", sft, "supervised fine-tuning (full or LoRA) on conversations",
                       "RUN_DIR/sft/ (RUN_DIR/lora/ with --lora)", "replace a finished SFT stage")
     _add_sft_options(p)
+
+    p = _stage_parser(sub, "reward", reward, "train a reward model on preference pairs (and your labels)",
+                      "RUN_DIR/reward/", "replace a finished reward stage")
+    _add_reward_options(p)
+
+    p = sub.add_parser("label", help="label preference pairs in the browser (the annotation app)",
+                       description="Serve the annotation app. Items come from --items (pairs or "
+                                   "{prompt, responses: [a, b]} rows), else from RUN_DIR/label_items.jsonl, else "
+                                   "are sampled once from --from-checkpoint (default RUN_DIR/sft) and kept there.")
+    p.add_argument("--run-dir", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("--items", help="pairs or items file to label")
+    p.add_argument("--from-checkpoint", help="sample two answers per prompt from this checkpoint")
+    p.add_argument("--prompts", help="prompts for --from-checkpoint: jsonl with a `prompt` field "
+                                     "(default: the bundled RL training prompts)")
+    p.add_argument("--count", type=int, default=40, help="prompts to sample items for (default 40)")
+    p.add_argument("--labels", help="labels file (default: RUN_DIR/labels.jsonl)")
+    p.add_argument("--annotator", default="", help="annotator name to start with")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or the next free one)")
+    p.add_argument("--auth", help="USER:PASSWORD required to open the app (use it whenever --host exposes it)")
+    p.add_argument("--share", action="store_true", help="open a public Gradio share link (off by default)")
     return ap
+
+
+def label_items(args: argparse.Namespace):
+    """The items `llmkit label` shows; sampled items are written once, so every reopen shows the same ones."""
+    from llmkit.labels import load_items, sample_items, write_items
+    from llmkit.loaders import bundled_path, read_jsonl
+
+    if args.items:
+        return load_items(args.items)
+    kept = Path(args.run_dir) / "label_items.jsonl"
+    if kept.exists():
+        return load_items(kept)
+    checkpoint = Path(args.from_checkpoint) if args.from_checkpoint else Path(args.run_dir) / "sft"
+    if not (checkpoint / "config.json").exists():
+        raise DataError(f"nothing to label: pass --items FILE (preference pairs or {{prompt, responses}} rows) or "
+                        f"--from-checkpoint DIR; {checkpoint} is not a model folder (run SFT first for the default)")
+    rows = read_jsonl(args.prompts or bundled_path("rl_prompts_train.jsonl"))[: args.count]
+    if not rows or any("prompt" not in r for r in rows):
+        raise DataError(f"{args.prompts}: every row needs a `prompt` (a string or a list of messages)")
+    items = sample_items(checkpoint, [r["prompt"] for r in rows])
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    write_items(kept, items)
+    print(f"sampled {len(items)} items from {checkpoint} into {kept}")
+    return items
+
+
+def serve_labels(args: argparse.Namespace) -> int:
+    from widgets.annotate import AnnotationApp, launch
+
+    auth = None
+    if args.auth:
+        if ":" not in args.auth:
+            raise DataError(f"--auth {args.auth!r}: give USER:PASSWORD")
+        auth = tuple(args.auth.split(":", 1))
+    items = label_items(args)
+    labels = Path(args.labels) if args.labels else Path(args.run_dir) / "labels.jsonl"
+    app = AnnotationApp(items, labels, args.annotator)
+    print(f"{len(items)} items; labels go to {labels}", flush=True)
+    launch(app.build(), host=args.host, port=args.port, share=args.share, auth=auth, block=True)
+    return 0
 
 
 def run_stage(stage: str, args: argparse.Namespace):
@@ -144,11 +230,19 @@ def run_stage(stage: str, args: argparse.Namespace):
         return pretrain.run(_pretrain_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
     if stage == "sft":
         return sft.run(_sft_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+    if stage == "reward":
+        return reward.run(_reward_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
     raise ValueError(f"unknown stage {stage!r}; available: {', '.join(STAGES)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "label":
+        try:
+            return serve_labels(args)
+        except (DataError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.command == "pipeline" else [args.command]
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -175,7 +269,14 @@ def main(argv: list[str] | None = None) -> int:
                     line += (f" · QA held-out {m['qa_heldout']:.2f} (base {m['base_qa_heldout']:.2f})"
                              f" · trained {m['qa_trained']:.2f}")
                 print(line)
-    except (DataError, pretrain.PretrainError, sft.SFTError, StageExistsError, FileNotFoundError) as e:
+            if stage == "reward" and not result.reused:
+                m = result.metrics
+                line = (f"  pairwise accuracy {m['eval_accuracy']:.2f} on {m['eval_pairs']} eval pairs · margin "
+                        f"{m['eval_margin']:.2f} · {m['train_pairs']} train pairs ({m['train_pairs_from_labels']} from labels)")
+                if "oracle_agreement" in m:
+                    line += f" · agrees with the oracle on {m['oracle_agreement']:.0%} of fresh SFT answer pairs"
+                print(line)
+    except (DataError, pretrain.PretrainError, sft.SFTError, reward.RewardError, StageExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -21,16 +21,25 @@ def plot_training_log(log: str | Path | list[dict], fig=None):
     bpb = [r for r in rows if "val_bpb" in r]
     tps = [r for r in rows if "tokens_per_s" in r]
     lrs = [r for r in rows if "lr" in r]
+    acc = [r for r in rows if "accuracy" in r]  # reward models: pairwise accuracy
+    val_acc = [r for r in rows if "val_accuracy" in r]
     if fig is None:
         fig = plt.figure(figsize=(13, 3.6))
     fig.clear()
-    panels = ["loss", *(["bpb"] if bpb else []), *(["tps"] if tps else []), *(["lr"] if lrs and not tps else [])]
+    panels = ["loss", *(["bpb"] if bpb else []), *(["acc"] if acc or val_acc else []), *(["tps"] if tps else []),
+              *(["lr"] if lrs and not tps else [])]
     axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
     ax = axes["loss"]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
     ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], label="validation", marker="o" if len(val) < 20 else None)
-    ax.set_title("loss (nats / token)")
+    ax.set_title("loss (per pair)" if "acc" in axes else "loss (nats / token)")
     ax.legend()
+    if "acc" in axes:
+        axes["acc"].plot([r["step"] for r in acc], [r["accuracy"] for r in acc], label="train")
+        axes["acc"].plot([r["step"] for r in val_acc], [r["val_accuracy"] for r in val_acc], label="validation",
+                         marker="o" if len(val_acc) < 20 else None)
+        axes["acc"].set_title("pairwise accuracy (chosen > rejected)")
+        axes["acc"].legend()
     if bpb:
         axes["bpb"].plot([r["step"] for r in bpb], [r["val_bpb"] for r in bpb], color="C2")
         axes["bpb"].set_title("validation bits per byte")

@@ -188,3 +188,84 @@ def _check(messages: list[dict]) -> list[dict]:
     if messages[-1]["role"] != "assistant":
         raise ValueError("the conversation does not end with an assistant turn")
     return messages
+
+
+# ---- preference pairs (reward model, DPO) ---------------------------------------------------------
+PREFERENCE_EXPECTED = {
+    "explicit": "`prompt`, `chosen` and `rejected` (strings, or lists of messages)",
+    "implicit": "`chosen` and `rejected`: whole conversations (lists of messages) that differ in the last answer",
+    "hh": "`chosen` and `rejected`: '\\n\\nHuman: …\\n\\nAssistant: …' transcripts that differ in the last answer",
+}
+PREFERENCE_FORMATS = tuple(PREFERENCE_EXPECTED)
+
+
+def detect_preference_format(row: dict) -> str | None:
+    if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
+        return None
+    if "prompt" in row:
+        return "explicit"
+    if isinstance(row["chosen"], str) and "\n\nAssistant:" in row["chosen"]:
+        return "hh"
+    if isinstance(row["chosen"], list):
+        return "implicit"
+    return None
+
+
+def to_preference(row: dict, data_format: str) -> dict:
+    """One row -> {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}."""
+    if data_format not in PREFERENCE_EXPECTED:
+        raise ValueError(f"unknown preference format {data_format!r}; accepted: {', '.join(PREFERENCE_FORMATS)}")
+    if not isinstance(row, dict):
+        raise ValueError(f"the row is a {type(row).__name__}, not an object")
+    if data_format == "explicit":
+        prompt = row["prompt"]
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _turns(prompt, "role", "content", "prompt")
+        answers = []
+        for key in ("chosen", "rejected"):
+            value = row[key]
+            turns = ([{"role": "assistant", "content": value.lstrip()}] if isinstance(value, str)
+                     else _turns(value, "role", "content", key))
+            if len(turns) != 1 or turns[0]["role"] != "assistant":
+                raise ValueError(f"`{key}` must be one assistant answer (a string or one assistant message)")
+            answers.append(turns)
+        if not prompt or prompt[-1]["role"] != "user":
+            raise ValueError("`prompt` must end with a user turn")
+        return {"prompt": prompt, "chosen": answers[0], "rejected": answers[1]}
+    if data_format == "hh":
+        chosen, rejected = hh_transcript(_text(row, "chosen")), hh_transcript(_text(row, "rejected"))
+    else:
+        chosen = _turns(row["chosen"], "role", "content", "chosen")
+        rejected = _turns(row["rejected"], "role", "content", "rejected")
+    for name, convo in (("chosen", chosen), ("rejected", rejected)):
+        if len(convo) < 2 or convo[-1]["role"] != "assistant":
+            raise ValueError(f"`{name}` must end with an assistant answer after at least one user turn")
+    if chosen[:-1] != rejected[:-1]:
+        raise ValueError("`chosen` and `rejected` must share every turn but the last answer")
+    return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
+
+
+def read_preferences(path: str | Path, data_format: str = "auto", limit: int | None = None) -> list[dict]:
+    """Preference pairs {"prompt", "chosen", "rejected"} (conversational, explicit prompt) from a file or folder in
+    any of PREFERENCE_FORMATS (`auto`: detected from the first row)."""
+    if data_format != "auto" and data_format not in PREFERENCE_EXPECTED:
+        raise DataError(f"data_format={data_format!r} is not a preference format llmkit reads; accepted: auto, "
+                        f"{', '.join(PREFERENCE_FORMATS)}")
+    fmt = None if data_format == "auto" else data_format
+    out: list[dict] = []
+    for row, where in iter_records(path):
+        fields = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
+        if fmt is None:
+            fmt = detect_preference_format(row)
+            if fmt is None:
+                raise DataError(f"{where}: cannot tell the preference format of a row with fields [{fields}]; "
+                                "expected one of — " + "; ".join(f"{k}: {v}" for k, v in PREFERENCE_EXPECTED.items()))
+        try:
+            out.append(to_preference(row, fmt))
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            raise DataError(f"{where}: not a valid {fmt} preference row ({e}); fields found: [{fields}]; "
+                            f"expected {PREFERENCE_EXPECTED[fmt]}") from None
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise DataError(f"{path}: no preference pairs found")
+    return out

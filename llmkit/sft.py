@@ -256,8 +256,12 @@ def closed_world_qa(model, tokenizer, base: Path, limit: int | None = None) -> d
 class _LogBridge:
     """Writes the trainer's log records to log.jsonl (llmkit's names: loss, val_loss) and hands them to callbacks."""
 
-    def __init__(self, path: Path, callbacks):
-        self.path, self.callbacks = path, list(callbacks)
+    NAMES = (("loss", "loss"), ("eval_loss", "val_loss"), ("learning_rate", "lr"), ("grad_norm", "grad_norm"),
+             ("epoch", "epoch"), ("mean_token_accuracy", "token_accuracy"),
+             ("eval_mean_token_accuracy", "val_token_accuracy"))
+
+    def __init__(self, path: Path, callbacks, extra: tuple = ()):
+        self.path, self.callbacks, self.names = path, list(callbacks), self.NAMES + tuple(extra)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -274,9 +278,7 @@ class _LogBridge:
             def on_log(self, args, state, control, logs=None, **kwargs):
                 logs = logs or {}
                 record = {"step": state.global_step}
-                for src, dst in (("loss", "loss"), ("eval_loss", "val_loss"), ("learning_rate", "lr"),
-                                 ("grad_norm", "grad_norm"), ("epoch", "epoch"), ("mean_token_accuracy", "token_accuracy"),
-                                 ("eval_mean_token_accuracy", "val_token_accuracy")):
+                for src, dst in bridge.names:
                     if src in logs:
                         record[dst] = float(logs[src])
                 if len(record) > 1 and ("loss" in record or "val_loss" in record):

@@ -1,27 +1,29 @@
 import subprocess
 import sys
 
-from llmkit.cli import build_parser, main
+from llmkit.cli import build_parser, label_items, main
 
 
 def _llmkit(*args, cwd):
     return subprocess.run([sys.executable, "-m", "llmkit", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def test_pipeline_runs_data_pretraining_and_sft_then_reuses_them(tmp_path):
+def test_pipeline_runs_data_pretraining_sft_and_reward_then_reuses_them(tmp_path):
     r = _llmkit("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "[data] done in" in r.stdout and "# Data stage report" in r.stdout
     assert "[pretrain] done in" in r.stdout and "bits/byte" in r.stdout
     assert "[sft] done in" in r.stdout and "QA held-out" in r.stdout
+    assert "[reward] done in" in r.stdout and "pairwise accuracy" in r.stdout
     out = tmp_path / "runs" / "smoke" / "data"
     for name in ("blocks", "tokenizer", "report.md", "metrics.json", "removed.jsonl"):
         assert (out / name).exists(), name
     assert (tmp_path / "runs" / "smoke" / "pretrain" / "model.safetensors").exists()
     r = _llmkit("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=tmp_path)
     assert r.returncode == 0 and "[data] reused" in r.stdout and "[pretrain] reused" in r.stdout
-    assert "[sft] reused" in r.stdout
+    assert "[sft] reused" in r.stdout and "[reward] reused" in r.stdout
     assert (tmp_path / "runs" / "smoke" / "sft" / "model.safetensors").exists()
+    assert (tmp_path / "runs" / "smoke" / "reward" / "eval_scores.jsonl").exists()
 
 
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
@@ -55,3 +57,16 @@ def test_sft_without_a_base_model_exits_2_and_says_what_to_do(tmp_path, capsys):
     help_text = build_parser()._subparsers._group_actions[0].choices["sft"].format_help()
     for option in ("--sft-data", "--format", "--lora", "--lora-r", "--max-examples", "--epochs", "--sft-base-model"):
         assert option in help_text
+
+
+def test_label_samples_items_once_from_a_checkpoint_and_says_when_it_has_none(base_model, tmp_path, capsys):
+    args = build_parser().parse_args(["label", "--run-dir", str(tmp_path), "--from-checkpoint", str(base_model),
+                                      "--count", "3"])
+    items = label_items(args)
+    assert len(items) == 3 and all(len(it.responses) == 2 for it in items)
+    assert (tmp_path / "label_items.jsonl").exists()
+    assert [it.id for it in label_items(args)] == [it.id for it in items]  # reopening shows the same items
+    assert main(["label", "--run-dir", str(tmp_path / "empty")]) == 2
+    assert "nothing to label: pass --items FILE" in capsys.readouterr().err
+    assert main(["label", "--run-dir", str(tmp_path), "--auth", "nocolon"]) == 2
+    assert "give USER:PASSWORD" in capsys.readouterr().err

@@ -8,21 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmkit import sft
 from llmkit.loaders import DataError
-from llmkit.model import build_model
-from llmkit.tokenizer import load_tokenizer
 
 FAST = dict(max_steps=6, eval_every=3, batch_size=8, qa_limit=12)
-
-
-@pytest.fixture(scope="session")
-def base_model(data_run, tmp_path_factory):
-    """A tiny model (2 layers, from scratch) with the data stage's tokenizer and chat template."""
-    out = tmp_path_factory.mktemp("base") / "pretrain"
-    tokenizer = load_tokenizer(data_run.output_dir / "tokenizer")
-    model = build_model(2, tokenizer, seed=0)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def test_loss_is_taken_on_assistant_tokens_only(base_model, tmp_path):

@@ -1,0 +1,333 @@
+"""Reward model: a scorer of answers trained on preference pairs, on TRL's `RewardTrainer`.
+
+The SFT model gets a scalar head (`AutoModelForSequenceClassification`, one output read at the last token of
+the rendered conversation) and learns from pairs where people preferred one answer to another (Bradley–Terry):
+
+    loss = − mean over pairs of log σ( r(prompt, chosen) − r(prompt, rejected) )
+
+so only differences of scores mean anything. A small `center_rewards_coefficient` keeps the scores near zero.
+The result is a plain checkpoint folder, and `RewardModel.load(folder).score(prompts, responses)` is what RL
+and the chat app call.
+
+Training data: the bundled closed-world pairs (or any file in formats.PREFERENCE_FORMATS — explicit prompt,
+implicit prompt, Anthropic-HH transcripts) plus the labels people made in the annotation app
+(RUN_DIR/labels.jsonl; ties and "both bad" are left out). Measured: pairwise accuracy and mean margin on the
+eval split, and — on the closed world — how often the RM orders two fresh answers of the SFT model the way the
+oracle does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmkit import runs
+from llmkit.curves import save_curves
+from llmkit.formats import read_preferences
+from llmkit.loaders import DataError, bundled_path, read_jsonl, write_jsonl
+
+STAGE = "reward"
+
+
+class RewardError(ValueError):
+    """Bad input to the reward stage: the message says what is wrong and what is accepted."""
+
+
+@dataclass
+class RewardConfig:
+    base_model: str | None = None  # None: RUN_DIR/sft; else any local causal LM with a chat template
+    train_data: str | None = None  # None: the bundled closed-world pairs; else a file/folder of preference pairs
+    eval_data: str | None = None  # None: the bundled eval split, or 10 % of train_data
+    data_format: str = "auto"  # auto, explicit, implicit, hh
+    labels: str | None = None  # annotation-app labels to add; None: RUN_DIR/labels.jsonl if it exists
+    max_examples: int | None = None  # train on the first N pairs only
+    epochs: float = 2.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = 3e-4
+    batch_size: int = 32  # pairs per optimizer step
+    micro_batch_size: int | None = None
+    max_length: int = 256  # longer pairs are dropped (TRL does not truncate them)
+    warmup_ratio: float = 0.05
+    center_rewards_coefficient: float | None = 0.01
+    freeze_embeddings: bool = False  # full fine-tuning: keep the token embeddings fixed
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    eval_every: int = 20
+    oracle_eval: bool | None = None  # None: on when training on the bundled closed-world data
+    oracle_prompts: int = 100  # fresh SFT answers (two per prompt) to compare RM and oracle on
+    mixed_precision: str = "auto"
+    seed: int = 0
+
+
+STEP_PRESETS = {"smoke": {"max_steps": 8, "eval_every": 4, "batch_size": 16, "oracle_prompts": 16,
+                          "max_examples": 256}}
+
+
+def config_for(preset: str = "tiny", **overrides) -> RewardConfig:
+    if preset in STEP_PRESETS:
+        return RewardConfig(**{**STEP_PRESETS[preset], **overrides})
+    return RewardConfig(**overrides)
+
+
+# ---- the scorer ----------------------------------------------------------------------------------
+class RewardModel:
+    """A trained reward model and its tokenizer: `score(prompts, responses)` -> one float per pair."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> RewardModel:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise RewardError(f"{path}: not a reward-model folder (no config.json); train one with llmkit reward")
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        if model.config.num_labels != 1:
+            raise RewardError(f"{path}: a classifier with {model.config.num_labels} outputs, not a reward model (1)")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model.to(device).eval(), tokenizer)
+
+    @torch.no_grad()
+    def score(self, prompts: list, responses: list[str], batch_size: int = 64) -> list[float]:
+        """Reward of each response to its prompt (a user-message string or a list of messages), rendered with the
+        chat template exactly as in training."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        ids = [render(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        out: list[float] = []
+        was_training = self.model.training
+        self.model.eval()
+        for i in range(0, len(ids), batch_size):
+            chunk = ids[i:i + batch_size]
+            width = max(len(x) for x in chunk)
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in chunk], device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in chunk], device=device)
+            out += self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
+        self.model.train(was_training)
+        return out
+
+
+def render(tokenizer, prompt, response: str) -> list[int]:
+    """Token ids of prompt + response through the chat template, as TRL's RewardTrainer tokenizes a pair."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    return list(tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
+                                              tokenize=True, return_dict=True)["input_ids"])
+
+
+def score(prompts: list, responses: list[str], model: str | Path | RewardModel) -> list[float]:
+    """Score with a reward model given as a folder or a loaded RewardModel."""
+    rm = model if isinstance(model, RewardModel) else RewardModel.load(model)
+    return rm.score(prompts, responses)
+
+
+# ---- the stage -----------------------------------------------------------------------------------
+def run(config: RewardConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
+        callbacks: tuple = ()) -> runs.StageResult:
+    """Train the reward model and write RUN_DIR/reward. `callbacks`: objects with `on_log(record)`."""
+    from llmkit.sft import SFTError, load_base
+
+    run_dir = Path(run_dir)
+    base = Path(config.base_model) if config.base_model else run_dir / "sft"
+    done = runs.stage_dir(run_dir, STAGE)
+    if runs.finished(done) and not overwrite:
+        return runs.StageResult(STAGE, done, runs.read_metrics(done), reused=True)
+    if not (base / "config.json").exists():
+        raise RewardError(f"{base}: not a local transformers model folder (no config.json); run SFT first "
+                          f"(llmkit sft --run-dir {run_dir}) or pass base_model / --rm-base-model")
+    try:
+        tokenizer, _ = load_base(base, run_dir)
+    except SFTError as e:
+        raise RewardError(str(e)) from None
+    train_rows, eval_rows, n_labels = load_pairs(config, run_dir)
+    final, work = runs.reuse_or_start(run_dir, STAGE, overwrite)
+    if work is None:
+        return runs.StageResult(STAGE, final, runs.read_metrics(final), reused=True)
+    try:
+        return _train(config, base, tokenizer, train_rows, eval_rows, n_labels, final, work, progress, callbacks)
+    except BaseException:
+        runs.abandon(work)
+        raise
+
+
+def load_pairs(config: RewardConfig, run_dir: Path) -> tuple[list[dict], list[dict], int]:
+    """(train, eval, how many train pairs came from the annotation app's labels)."""
+    from llmkit.labels import export_pairs
+
+    if config.train_data is None:
+        train = read_preferences(bundled_path("preferences_train.jsonl"), "explicit")
+        evals = (read_preferences(config.eval_data, config.data_format) if config.eval_data
+                 else read_preferences(bundled_path("preferences_eval.jsonl"), "explicit"))
+    else:
+        train = read_preferences(config.train_data, config.data_format)
+        if config.eval_data:
+            evals = read_preferences(config.eval_data, config.data_format)
+        else:
+            n_eval = max(1, len(train) // 10) if len(train) > 1 else 0
+            train, evals = train[n_eval:], train[:n_eval] or train[:1]
+    if config.max_examples is not None:
+        if config.max_examples < 1:
+            raise DataError(f"max_examples={config.max_examples}: give a positive number of pairs")
+        train = train[: config.max_examples]
+    labels = Path(config.labels) if config.labels else run_dir / "labels.jsonl"
+    from_labels: list[dict] = []
+    if config.labels and not labels.exists():
+        raise DataError(f"{labels}: no such labels file (labels / --labels)")
+    if labels.exists():
+        from_labels, _ = export_pairs(labels)
+    return train + from_labels, evals, len(from_labels)
+
+
+def build_trainer(config: RewardConfig, tokenizer, base: Path, train_rows: list[dict], eval_rows: list[dict],
+                  work: Path, progress: bool = False, callbacks: tuple = ()):
+    """TRL's RewardTrainer on a sequence-classification copy of the base model (LoRA if asked)."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.utils import logging as transformers_logging
+    from trl import RewardConfig as TRLConfig
+    from trl import RewardTrainer
+
+    from llmkit.sft import _bf16
+
+    cuda = torch.cuda.is_available()
+    micro = min(config.micro_batch_size or config.batch_size, config.batch_size)
+    if config.batch_size % micro:
+        raise RewardError(f"batch_size {config.batch_size} must be a multiple of micro_batch_size {micro}")
+    torch.manual_seed(config.seed)  # the new score head
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # the new head is "missing from the checkpoint": that is the point
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, local_files_only=True,
+                                                                   dtype=torch.float32)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    args = TRLConfig(
+        output_dir=str(work / "trainer"), per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=config.batch_size // micro, num_train_epochs=config.epochs,
+        max_steps=config.max_steps, learning_rate=config.learning_rate, lr_scheduler_type="cosine",
+        warmup_steps=config.warmup_ratio, max_length=config.max_length,
+        center_rewards_coefficient=config.center_rewards_coefficient, eval_strategy="steps",
+        eval_steps=config.eval_every, logging_steps=max(1, config.eval_every // 4), save_strategy="no", report_to=[],
+        seed=config.seed, data_seed=config.seed, use_cpu=not cuda, bf16=_bf16(config),
+        fp16=config.mixed_precision == "fp16", gradient_checkpointing=False, disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules="all-linear", task_type="SEQ_CLS", modules_to_save=["score"])
+    if config.freeze_embeddings and not config.lora:
+        for p in model.get_input_embeddings().parameters():
+            p.requires_grad_(False)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                            eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
+                            peft_config=peft_config, callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _train(config, base, tokenizer, train_rows, eval_rows, n_labels, final, work, progress, callbacks):
+    from llmkit.sft import _LogBridge, _parameter_counts
+
+    log = _LogBridge(work / "log.jsonl", callbacks, extra=(("accuracy", "accuracy"), ("eval_accuracy", "val_accuracy"),
+                                                           ("margin", "margin"), ("eval_margin", "val_margin")))
+    trainer = build_trainer(config, tokenizer, base, train_rows, eval_rows, work, progress, [log.trainer_callback()])
+    kept = len(trainer.train_dataset)
+    trainable, total = _parameter_counts(trainer.model)
+    start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    model = trainer.model
+    if config.lora:
+        model = model.merge_and_unload()
+    model = model.float().eval()
+    model.save_pretrained(work, safe_serialization=True)
+    tokenizer.save_pretrained(work)
+
+    rm = RewardModel(model, tokenizer)
+    pairs = pairwise(rm, eval_rows)
+    write_jsonl(work / "eval_scores.jsonl", pairs["rows"])
+    metrics = {
+        "base_model": str(base), "train_pairs": len(train_rows), "train_pairs_used": kept,
+        "train_pairs_from_labels": n_labels, "eval_pairs": len(eval_rows), "steps": trainer.state.global_step,
+        "train_seconds": train_seconds, "trainable_params": trainable, "total_params": total,
+        "eval_accuracy": pairs["accuracy"], "eval_margin": pairs["margin"], "method": "lora" if config.lora else "full",
+    }
+    closed_world = config.oracle_eval if config.oracle_eval is not None else config.train_data is None
+    if closed_world:
+        agreement = oracle_agreement(rm, base, n_prompts=config.oracle_prompts, seed=config.seed)
+        write_jsonl(work / "oracle_pairs.jsonl", agreement.pop("rows"))
+        metrics.update(agreement)
+    save_curves(work)
+    return runs.commit(work, final, config, metrics)
+
+
+# ---- measurements --------------------------------------------------------------------------------
+def pairwise(rm: RewardModel, rows: list[dict]) -> dict:
+    """Accuracy (chosen scored above rejected) and mean margin over preference rows, with every pair's scores."""
+    prompts = [r["prompt"] for r in rows]
+    chosen = rm.score(prompts, [r["chosen"][-1]["content"] for r in rows])
+    rejected = rm.score(prompts, [r["rejected"][-1]["content"] for r in rows])
+    out = [{"prompt": _prompt_text(r["prompt"]), "chosen": r["chosen"][-1]["content"],
+            "rejected": r["rejected"][-1]["content"], "score_chosen": c, "score_rejected": j}
+           for r, c, j in zip(rows, chosen, rejected)]
+    n = max(1, len(rows))
+    return {"accuracy": sum(c > j for c, j in zip(chosen, rejected)) / n,
+            "margin": sum(c - j for c, j in zip(chosen, rejected)) / n, "rows": out}
+
+
+def oracle_agreement(rm: RewardModel, policy_dir: str | Path, n_prompts: int = 100, temperature: float = 1.0,
+                     seed: int = 0) -> dict:
+    """Sample two answers per held-out RL prompt from the policy (the SFT model); where the oracle prefers one,
+    how often does the RM prefer the same one? Also the correlation of RM and oracle scores."""
+    from transformers import AutoModelForCausalLM
+
+    from llmkit.evaluate import chat_generate
+    from llmkit.oracle import Oracle
+
+    prompts = [r["prompt"] for r in read_jsonl(bundled_path("rl_prompts_eval.jsonl"))[:n_prompts]]
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir, local_files_only=True, dtype=torch.float32)
+    torch.manual_seed(seed)
+    a = chat_generate(policy, rm.tokenizer, prompts, do_sample=True, temperature=temperature)
+    b = chat_generate(policy, rm.tokenizer, prompts, do_sample=True, temperature=temperature)
+    oracle = Oracle()
+    rows, agree, decided = [], 0, 0
+    rm_a, rm_b = rm.score(prompts, [x["text"] for x in a]), rm.score(prompts, [x["text"] for x in b])
+    for p, x, y, ra, rb in zip(prompts, a, b, rm_a, rm_b):
+        oa, ob = oracle.score(p, x["text"]), oracle.score(p, y["text"])
+        if oa != ob and ra != rb:
+            decided += 1
+            agree += (oa > ob) == (ra > rb)
+        rows.append({"prompt": _prompt_text(p), "answer_a": x["text"], "answer_b": y["text"], "oracle_a": oa,
+                     "oracle_b": ob, "rm_a": ra, "rm_b": rb})
+    rm_all = rm_a + rm_b
+    or_all = [r["oracle_a"] for r in rows] + [r["oracle_b"] for r in rows]
+    return {"oracle_agreement": agree / decided if decided else float("nan"), "oracle_decided_pairs": decided,
+            "oracle_rm_correlation": _pearson(rm_all, or_all), "rows": rows}
+
+
+def _pearson(x: list[float], y: list[float]) -> float:
+    t = torch.tensor([x, y], dtype=torch.float64)
+    if len(x) < 2 or (t.std(dim=1) == 0).any():
+        return float("nan")
+    return float(torch.corrcoef(t)[0, 1])
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(m["content"] for m in prompt if m["role"] == "user") if len(prompt) > 1 else prompt[-1]["content"]
+

@@ -1,0 +1,109 @@
+"""Reward stage: a real TRL RewardTrainer run, the scorer RL reuses, labels from the app, HH data, bad input."""
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from llmkit import reward
+from llmkit.labels import LabelStore, make_item
+from llmkit.loaders import DataError
+
+FAST = dict(max_steps=4, eval_every=2, batch_size=8, max_examples=64, oracle_prompts=6)
+
+
+def _polite_rude_pairs(n, seed):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        town = rng.choice(["Elmford", "Ashby", "Corrin", "Dunmore", "Ferris"])
+        fact = f"She was born in {town}."
+        rows.append({"prompt": f"Where was person {rng.randint(0, 999)} born?",
+                     "chosen": fact, "rejected": f"Ugh, obviously. {fact} Figure it out yourself next time."})
+    return rows
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_stage_writes_a_reward_model_scores_and_learns_from_app_labels(base_model, tmp_path):
+    store = LabelStore(tmp_path / "labels.jsonl")  # RUN_DIR/labels.jsonl: what people labeled in the app
+    items = [make_item(f"Where was person {i} born?", ["In Elmford.", "Ugh."]) for i in range(3)]
+    for it, choice in zip(items, ["A", "B", "tie"]):
+        store.add(it, "ana", choice)
+    result = reward.run(reward.RewardConfig(base_model=str(base_model), **FAST), tmp_path, progress=False)
+    out = result.output_dir
+    assert out == tmp_path / "reward" and not (tmp_path / ".reward.partial").exists()
+    m = result.metrics
+    assert m["train_pairs"] == 64 + 2 and m["train_pairs_from_labels"] == 2  # the tie is left out
+    assert m["steps"] == 4 and 0 <= m["eval_accuracy"] <= 1 and m["eval_pairs"] == 300
+    assert 0 <= m["oracle_agreement"] <= 1 and m["oracle_decided_pairs"] > 0
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.num_labels == 1
+    scored = [json.loads(line) for line in (out / "eval_scores.jsonl").read_text().splitlines()]
+    assert len(scored) == 300 and {"prompt", "chosen", "rejected", "score_chosen", "score_rejected"} <= set(scored[0])
+    assert (out / "oracle_pairs.jsonl").exists() and (out / "log.jsonl").exists()
+    assert reward.run(reward.RewardConfig(base_model=str(base_model)), tmp_path, progress=False).reused
+
+
+def test_score_reads_the_last_real_token_whatever_the_padding(base_model, tmp_path):
+    """A response scores the same alone and in a batch beside a much longer one (padding is never read), and the
+    same as the model's own forward pass on the chat-rendered conversation."""
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    rm = reward.RewardModel(model.eval(), tokenizer)
+    alone = rm.score(["Where was Ada born?"], ["In Elmford."])[0]
+    batch = rm.score(["Where was Ada born?", "Tell me everything."], ["In Elmford.", "A long answer " * 30])
+    assert batch[0] == pytest.approx(alone, abs=1e-5)
+    ids = reward.render(tokenizer, "Where was Ada born?", "In Elmford.")
+    assert tokenizer.decode(ids).endswith("In Elmford.<|im_end|>\n")
+    with torch.no_grad():
+        direct = model(torch.tensor([ids])).logits[0, 0].item()
+    assert direct == pytest.approx(alone, abs=1e-5)
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        rm.score(["a", "b"], ["c"])
+
+
+def test_training_separates_polite_from_rude_answers(base_model, tmp_path):
+    """A from-scratch model learns a preference it could not have known: its held-out pairwise accuracy rises
+    from chance to near 1 in a few dozen steps."""
+    train = _write(tmp_path / "train.jsonl", _polite_rude_pairs(256, 0))
+    evals = _write(tmp_path / "eval.jsonl", _polite_rude_pairs(64, 1))
+    cfg = reward.RewardConfig(base_model=str(base_model), train_data=str(train), eval_data=str(evals),
+                              max_steps=30, batch_size=16, learning_rate=1e-3, eval_every=15)
+    result = reward.run(cfg, tmp_path, progress=False)
+    assert "oracle_agreement" not in result.metrics  # not the closed world: no oracle
+    assert result.metrics["eval_accuracy"] >= 0.95
+    assert result.metrics["eval_margin"] > 1.0
+
+
+def test_hh_transcripts_run_end_to_end_and_bad_rows_name_their_line(base_model, tmp_path):
+    rows = []
+    for r in _polite_rude_pairs(40, 2):
+        prompt = f"\n\nHuman: Hello!\n\nAssistant: Hi, how can I help?\n\nHuman: {r['prompt']}\n\nAssistant: "
+        rows.append({"chosen": prompt + r["chosen"], "rejected": prompt + r["rejected"]})
+    hh = _write(tmp_path / "hh.jsonl", rows)
+    result = reward.run(reward.RewardConfig(base_model=str(base_model), train_data=str(hh), max_steps=2, batch_size=8),
+                        tmp_path / "run", progress=False)
+    assert result.metrics["train_pairs"] == 36 and result.metrics["eval_pairs"] == 4  # 10 % held out for eval
+    bad = _write(tmp_path / "bad.jsonl", rows[:2] + [{"chosen": rows[0]["chosen"],
+                                                      "rejected": "\n\nHuman: Something else?\n\nAssistant: No."}])
+    with pytest.raises(DataError, match=r"bad.jsonl:3: not a valid hh preference row .*share every turn"):
+        reward.run(reward.RewardConfig(base_model=str(base_model), train_data=str(bad)), tmp_path / "run2", progress=False)
+    assert not (tmp_path / "run2" / "reward").exists()
+
+
+def test_missing_base_model_says_what_to_do_and_writes_nothing(tmp_path):
+    with pytest.raises(reward.RewardError, match="run SFT first"):
+        reward.run(reward.RewardConfig(), tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(reward.RewardError, match="not a reward-model folder"):
+        reward.RewardModel.load(tmp_path)
