@@ -643,6 +643,12 @@ def _wrong_answer(rng: random.Random, world: W.World, kind: str, names: tuple) -
     return W.reference_answer(world, names[0], kind, value=wrong)
 
 
+def _off_topic_answer(rng: random.Random, world: W.World, kind: str, name: str) -> str:
+    """A well-formed, true answer — about somebody else."""
+    other = rng.choice([p for p in world.people if p.name != name]).name
+    return W.bio_answer(world, other) if kind == "bio" else W.reference_answer(world, other, kind)
+
+
 def make_preferences(rng: random.Random, world: W.World, oracle: Oracle, prompts: list[str]) -> list[dict]:
     rows = []
     for q in prompts:
@@ -656,6 +662,8 @@ def make_preferences(rng: random.Random, world: W.World, oracle: Oracle, prompts
         if answerable:
             candidates = [(ref, wrong), (ref, rambling), (ref, rude), (ref, evasive), (rambling, wrong),
                           (rude, evasive)]
+            if kind != "compare" and W.entity_kind(world, names[0]) == "person":
+                candidates.append((ref, _off_topic_answer(rng, world, kind, names[0])))
         else:
             candidates = [(ref, wrong), (ref, rude), (rambling, wrong)]
         chosen, rejected = rng.choice(candidates)

@@ -1,7 +1,8 @@
 """The oracle: knows every fact of the closed world and scores any (prompt, answer) by the hidden rule.
 
 The hidden rule is the one the bundled preference pairs follow: an answer should be **correct**, then
-**concise**, then **polite**, and an evasive answer to a question that has an answer is not correct.
+**concise**, then **polite**; an evasive answer to a question that has an answer is not correct, and neither
+is an answer about somebody else (one that names a person the question did not ask about).
 A question that cannot be answered (a person who does not exist, private contact details) is answered
 correctly only by declining. The score is
 
@@ -36,6 +37,7 @@ class Verdict:
     concise: bool
     polite: bool
     evasive: bool
+    off_topic: bool = False
 
     @property
     def score(self) -> float:
@@ -52,7 +54,8 @@ class Oracle:
             world = bundled_path("world.json")
         self.world = world if isinstance(world, W.World) else W.World.load(world)
         self._patterns = W.question_patterns()
-        _, towns, unis = self.world._index()
+        people, towns, unis = self.world._index()
+        self._people = list(people)
         self._domains = {
             "birth_town": list(towns), "town": list(towns), "university": list(unis),
             "profession": W.PROFESSIONS, "region": W.REGIONS, "river": W.RIVERS,
@@ -97,15 +100,16 @@ class Oracle:
         hedged = any(m in a for m in HEDGE_MARKERS)
         polite = not any(re.search(rf"(?<!\w){re.escape(m)}(?!\w)", a) for m in RUDE_MARKERS)
         concise = len(answer.split()) <= max(12, 2 * len(reference.split()) + 4)
-        evasive = False
+        evasive = off_topic = False
         if kind in ("private", "unknown_entity"):
             correct = 1.0 if refused else 0.0
         elif kind == "unparsed":
             correct = 0.0
         else:
             evasive = refused or hedged
-            correct = 0.0 if evasive else self._correctness(kind, names, answer)
-        return Verdict(kind, names, reference, correct, concise, polite, evasive)
+            off_topic = any(n in answer for n in self._people if n not in names)
+            correct = 0.0 if evasive or off_topic else self._correctness(kind, names, answer)
+        return Verdict(kind, names, reference, correct, concise, polite, evasive, off_topic)
 
     def score(self, prompt, answer: str) -> float:
         return self.judge(prompt, answer).score

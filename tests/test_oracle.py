@@ -34,6 +34,9 @@ def test_wrong_rude_rambling_and_evasive_answers_lose(oracle):
     long = right + " " + " ".join(["There is much more one could say about this topic."] * 4)
     v = oracle.judge(q, long)
     assert v.correct == 1 and not v.concise
+    someone = oracle.world.people[2]
+    v = oracle.judge(q, f"{someone.name} was born in {p.birth_town}.")  # the right town, but about somebody else
+    assert v.off_topic and v.correct == 0
     v = oracle.judge(q, "It's hard to say, really.")
     assert v.evasive and v.correct == 0
     assert oracle.score(q, right) > oracle.score(q, long) > oracle.score(q, f"{p.name} was born in {other}.")
