@@ -5,6 +5,8 @@
     llmkit pretrain --run-dir DIR [--data PATH] [--base-model PATH] [--depth N] [--max-steps N] ...
     llmkit sft --run-dir DIR [--sft-data PATH] [--format auto] [--lora] [--sft-base-model PATH] ...
     llmkit reward --run-dir DIR [--rm-data PATH] [--rm-format auto] [--labels PATH] ...
+    llmkit ppo --run-dir DIR [--ppo-steps N] [--kl-coef B] [--ppo-lora]
+    llmkit grpo|rloo|dpo --run-dir DIR [--rl-steps N] [--beta B]
     llmkit label [--run-dir DIR] [--items PATH | --from-checkpoint DIR] [--annotator NAME] [--port N]
 """
 
@@ -18,11 +20,13 @@ from pathlib import Path
 from llmkit import data, pretrain, reward, sft
 from llmkit.formats import FORMATS, PREFERENCE_FORMATS
 from llmkit.loaders import DataError
+from llmkit.rl import ppo, trl_methods
 from llmkit.runs import StageExistsError
 
 PRESET_CHOICES = list(data.PRESETS)
-# Stages in pipeline order; a later issue adds ppo.
-STAGES = ["data", "pretrain", "sft", "reward"]
+# Stages in pipeline order; GRPO, RLOO and DPO run beside PPO on request (llmkit grpo / rloo / dpo).
+STAGES = ["data", "pretrain", "sft", "reward", "ppo"]
+EXTRA_STAGES = list(trl_methods.METHODS)
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -119,6 +123,33 @@ def _reward_config(args: argparse.Namespace) -> reward.RewardConfig:
     return reward.config_for(args.preset, **overrides)
 
 
+def _add_ppo_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ppo stage")
+    g.add_argument("--ppo-steps", type=int, help="PPO steps (one rollout batch each)")
+    g.add_argument("--kl-coef", type=float, help="KL penalty coefficient beta (default 0.05)")
+    g.add_argument("--target-kl", type=float, help="adapt beta toward this KL per sequence")
+    g.add_argument("--kl-estimator", choices=["k1", "k3"], help="per-token KL estimator (default k1)")
+    g.add_argument("--rl-prompts", help="prompts to optimise on: jsonl with a `prompt` (default: bundled RL prompts)")
+    g.add_argument("--ppo-lora", action="store_true", help="train a LoRA adapter on the policy (reference = adapter off)")
+
+
+def _ppo_config(args: argparse.Namespace) -> ppo.PPOConfig:
+    overrides = {k: v for k, v in {
+        "steps": args.ppo_steps, "kl_coef": args.kl_coef, "target_kl": args.target_kl,
+        "kl_estimator": args.kl_estimator, "prompts": args.rl_prompts, "lora": args.ppo_lora or None,
+    }.items() if v is not None}
+    return ppo.config_for(args.preset, **overrides)
+
+
+def _method_config(method: str, args: argparse.Namespace) -> trl_methods.MethodConfig:
+    overrides = {k: v for k, v in {
+        # the pipeline command has no method options: its GRPO/RLOO/DPO stages run with the defaults
+        "steps": getattr(args, "rl_steps", None), "beta": getattr(args, "beta", None), "prompts": args.rl_prompts,
+        "preferences": getattr(args, "preferences", None),
+    }.items() if v is not None}
+    return trl_methods.config_for(method, args.preset, **overrides)
+
+
 def _stage_parser(sub, name: str, module, help_text: str, writes: str, overwrite_help: str):
     """The subcommand of one stage, with the options every stage command has."""
     p = sub.add_parser(name, help=help_text, description=module.__doc__.split("\n\n")[0])
@@ -146,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain_options(p)
     _add_sft_options(p)
     _add_reward_options(p)
+    _add_ppo_options(p)
 
     p = _stage_parser(sub, "data", data, "clean, deduplicate and tokenize a corpus into packed blocks",
                       "RUN_DIR/data/", "replace a finished data stage")
@@ -163,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage_parser(sub, "reward", reward, "train a reward model on preference pairs (and your labels)",
                       "RUN_DIR/reward/", "replace a finished reward stage")
     _add_reward_options(p)
+
+    p = _stage_parser(sub, "ppo", ppo, "RLHF with llmkit's PPO against the reward model", "RUN_DIR/ppo/",
+                      "replace a finished PPO stage")
+    _add_ppo_options(p)
+    for method in trl_methods.METHODS:
+        p = _stage_parser(sub, method, trl_methods, f"{method.upper()} through TRL, compared like PPO",
+                          f"RUN_DIR/{method}/", f"replace a finished {method} stage")
+        p.add_argument("--rl-steps", type=int, help="optimizer steps")
+        p.add_argument("--beta", type=float, help="KL coefficient (GRPO, RLOO) or DPO's beta")
+        p.add_argument("--rl-prompts", help="prompts (GRPO, RLOO): jsonl with a `prompt`")
+        p.add_argument("--preferences", help="preference pairs (DPO; default: the bundled pairs)")
 
     p = sub.add_parser("label", help="label preference pairs in the browser (the annotation app)",
                        description="Serve the annotation app. Items come from --items (pairs or "
@@ -232,6 +275,11 @@ def run_stage(stage: str, args: argparse.Namespace):
         return sft.run(_sft_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
     if stage == "reward":
         return reward.run(_reward_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+    if stage == "ppo":
+        return ppo.run(_ppo_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+    if stage in trl_methods.METHODS:
+        return trl_methods.run(_method_config(stage, args), args.run_dir, overwrite=args.overwrite,
+                               progress=not args.quiet)
     raise ValueError(f"unknown stage {stage!r}; available: {', '.join(STAGES)}")
 
 
@@ -244,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.command == "pipeline" else [args.command]
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in STAGES + EXTRA_STAGES]
     if unknown:
         print(f"error: unknown stage(s) {', '.join(unknown)}; available: {', '.join(STAGES)}", file=sys.stderr)
         return 2
@@ -276,7 +324,15 @@ def main(argv: list[str] | None = None) -> int:
                 if "oracle_agreement" in m:
                     line += f" · agrees with the oracle on {m['oracle_agreement']:.0%} of fresh SFT answer pairs"
                 print(line)
-    except (DataError, pretrain.PretrainError, sft.SFTError, reward.RewardError, StageExistsError, FileNotFoundError) as e:
+            if stage in ("ppo", *trl_methods.METHODS) and not result.reused:
+                m = result.metrics
+                line = (f"  RM score {m['eval_rm_score']:.2f} (SFT {m['eval_rm_score_sft']:.2f}) · KL {m['eval_kl_per_token']:.3f}"
+                        f"/token · length {m['eval_response_length']:.0f} (SFT {m['eval_response_length_sft']:.0f})")
+                if "oracle_win_rate" in m:
+                    line += (f" · oracle win-rate vs SFT {m['oracle_win_rate']:.2f} · QA held-out {m['qa_heldout']:.2f}"
+                             f" (SFT {m['sft_qa_heldout']:.2f})")
+                print(line)
+    except (DataError, pretrain.PretrainError, sft.SFTError, reward.RewardError, ppo.PPOError, StageExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

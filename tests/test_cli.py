@@ -8,22 +8,24 @@ def _llmkit(*args, cwd):
     return subprocess.run([sys.executable, "-m", "llmkit", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def test_pipeline_runs_data_pretraining_sft_and_reward_then_reuses_them(tmp_path):
+def test_pipeline_runs_every_stage_then_reuses_them(tmp_path):
     r = _llmkit("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "[data] done in" in r.stdout and "# Data stage report" in r.stdout
     assert "[pretrain] done in" in r.stdout and "bits/byte" in r.stdout
     assert "[sft] done in" in r.stdout and "QA held-out" in r.stdout
     assert "[reward] done in" in r.stdout and "pairwise accuracy" in r.stdout
+    assert "[ppo] done in" in r.stdout and "oracle win-rate vs SFT" in r.stdout
     out = tmp_path / "runs" / "smoke" / "data"
     for name in ("blocks", "tokenizer", "report.md", "metrics.json", "removed.jsonl"):
         assert (out / name).exists(), name
     assert (tmp_path / "runs" / "smoke" / "pretrain" / "model.safetensors").exists()
     r = _llmkit("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=tmp_path)
     assert r.returncode == 0 and "[data] reused" in r.stdout and "[pretrain] reused" in r.stdout
-    assert "[sft] reused" in r.stdout and "[reward] reused" in r.stdout
+    assert "[sft] reused" in r.stdout and "[reward] reused" in r.stdout and "[ppo] reused" in r.stdout
     assert (tmp_path / "runs" / "smoke" / "sft" / "model.safetensors").exists()
     assert (tmp_path / "runs" / "smoke" / "reward" / "eval_scores.jsonl").exists()
+    assert (tmp_path / "runs" / "smoke" / "ppo" / "eval_samples.jsonl").exists()
 
 
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
@@ -32,8 +34,8 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
     assert main(["data", "--run-dir", str(tmp_path / "run"), "--corpus", str(bad), "--quiet"]) == 2
     assert f"{bad}:2: malformed JSON line" in capsys.readouterr().err
     assert not (tmp_path / "run" / "data").exists()
-    assert main(["pipeline", "--run-dir", str(tmp_path / "run"), "--stages", "data,ppo"]) == 2
-    assert "unknown stage(s) ppo" in capsys.readouterr().err
+    assert main(["pipeline", "--run-dir", str(tmp_path / "run"), "--stages", "data,magic"]) == 2
+    assert "unknown stage(s) magic" in capsys.readouterr().err
 
 
 def test_help_lists_every_data_option():

@@ -1,0 +1,88 @@
+"""The RL stages end to end on tiny models: llmkit's PPO (full and LoRA) and GRPO/RLOO/DPO through TRL, all
+writing the same run-folder contract."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from llmkit.rl import ppo, trl_methods
+
+
+@pytest.fixture(scope="module")
+def rl_run(base_model, tmp_path_factory):
+    """A run folder whose sft/ is the tiny base model and reward/ a (random-headed) reward model on it."""
+    run = tmp_path_factory.mktemp("rl")
+    (run / "sft").symlink_to(base_model, target_is_directory=True)
+    tok = AutoTokenizer.from_pretrained(base_model)
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
+    rm.config.pad_token_id = tok.pad_token_id
+    rm.save_pretrained(run / "reward")
+    tok.save_pretrained(run / "reward")
+    return run
+
+
+def _changed(a, b) -> bool:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return any(not torch.equal(wa[k], wb[k]) for k in wa if k in wb)
+
+
+COMPARISON = ("eval_rm_score", "eval_rm_score_sft", "eval_kl_per_token", "eval_response_length", "oracle_win_rate",
+              "eval_oracle_score", "eval_oracle_score_sft", "qa_heldout", "sft_qa_heldout")
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_ppo_stage_writes_a_policy_its_log_and_the_comparison_with_sft(rl_run, tmp_path, lora):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("sft", "reward"):
+        (run / name).symlink_to(rl_run / name, target_is_directory=True)
+    result = ppo.run(ppo.config_for("smoke", lora=lora, learning_rate=1e-3), run, progress=False)
+    out, m = result.output_dir, result.metrics
+    assert out == run / "ppo" and (out / "config.json").exists() and (out / "curves.png").exists()
+    assert _changed(out, rl_run / "sft")  # merged back into a plain checkpoint when LoRA
+    assert not (out / "adapter_config.json").exists()
+    for key in COMPARISON:
+        assert key in m, key
+    assert 0 <= m["oracle_win_rate"] <= 1
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert records[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # step 1: policy == reference (adapter off / copy)
+    assert "samples" in records[1] and "oracle_score" in records[0]
+    assert len((out / "eval_samples.jsonl").read_text().splitlines()) == 8
+
+
+@pytest.mark.parametrize("method", trl_methods.METHODS)
+def test_trl_methods_run_with_the_same_contract(rl_run, tmp_path, method):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("sft", "reward"):
+        (run / name).symlink_to(rl_run / name, target_is_directory=True)
+    result = trl_methods.run(trl_methods.config_for(method, "smoke", learning_rate=1e-3), run, progress=False)
+    out, m = result.output_dir, result.metrics
+    assert out == run / method and m["method"] == method and m["steps"] == 2
+    assert _changed(out, rl_run / "sft")
+    for key in COMPARISON:
+        assert key in m, key
+    assert (out / "log.jsonl").exists() and (out / "eval_samples.jsonl").exists()
+
+
+def test_missing_reward_model_and_bad_settings_are_reported(rl_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "sft").symlink_to(rl_run / "sft", target_is_directory=True)
+    with pytest.raises(ppo.PPOError, match="no reward model there.*llmkit reward"):
+        ppo.run(ppo.config_for("smoke"), run, progress=False)
+    (run / "reward").symlink_to(rl_run / "reward", target_is_directory=True)
+    with pytest.raises(ppo.PPOError, match="accepted: k1, k3"):
+        ppo.run(ppo.config_for("smoke", kl_estimator="k9"), run, progress=False)
+    with pytest.raises(ppo.PPOError, match="multiple of mini_batch_size"):
+        ppo.run(ppo.config_for("smoke", batch_size=6, mini_batch_size=4), run, progress=False)
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"question": "no prompt"}\n')
+    with pytest.raises(Exception, match=r"prompts.jsonl:2: a prompt row needs `prompt`"):
+        ppo.run(ppo.config_for("smoke", prompts=str(bad)), run, progress=False)
+    assert not (run / "ppo").exists() and not (run / ".ppo.partial").exists()
