@@ -1,12 +1,16 @@
-"""The closed-world bars of pretraining and SFT on the embedded default (tiny preset, bundled data).
+"""The closed-world bars of every stage on the embedded default (tiny preset, bundled data).
 
     python benchmarks/closed_world.py --run-dir runs/bench --markdown
 
-Runs (or reuses) data -> pretrain -> full SFT -> LoRA SFT in one run folder and reports:
+Runs (or reuses) data -> pretrain -> full SFT -> LoRA SFT -> reward model -> PPO, GRPO, RLOO, DPO in one run
+folder and reports:
 - pretraining wall time and base fact completion (bar: >= 0.8 within 4 minutes on 2 CPU cores);
 - held-out / trained QA accuracy after full SFT and the base model's on the same questions
   (bar: held-out >= 0.6 while the base model's <= 0.1);
-- LoRA (r=8): trainable fraction (bar: <= 5 %) and held-out accuracy relative to full SFT (bar: >= 90 %).
+- LoRA (r=8): trainable fraction (bar: <= 5 %) and held-out accuracy relative to full SFT (bar: >= 90 %);
+- reward model: pairwise accuracy on the eval split (bar: >= 0.9), on held-out people, agreement with the oracle;
+- PPO: oracle win-rate against SFT (bar: >= 0.65) at the KL it reports, QA within 5 points of SFT's; GRPO,
+  RLOO and DPO in the same table, on the same steps and learning rate.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ import argparse
 import os
 import time
 
-from llmkit import data, pretrain, sft
+from llmkit import data, pretrain, reward, sft
+from llmkit.formats import read_preferences
+from llmkit.loaders import bundled_path
+from llmkit.rl import ppo, trl_methods
 
 
 def main() -> None:
@@ -29,13 +36,20 @@ def main() -> None:
     for name, fn in (("data", lambda: data.run(data.config_for("tiny"), args.run_dir, args.overwrite, progress=False)),
                      ("pretrain", lambda: pretrain.run(pretrain.config_for("tiny"), args.run_dir, args.overwrite, progress=False)),
                      ("sft", lambda: sft.run(sft.config_for("tiny"), args.run_dir, args.overwrite, progress=False)),
-                     ("lora", lambda: sft.run(sft.config_for("tiny", lora=True), args.run_dir, args.overwrite, progress=False))):
+                     ("lora", lambda: sft.run(sft.config_for("tiny", lora=True), args.run_dir, args.overwrite, progress=False)),
+                     ("reward", lambda: reward.run(reward.config_for("tiny"), args.run_dir, args.overwrite, progress=False)),
+                     ("ppo", lambda: ppo.run(ppo.config_for("tiny"), args.run_dir, args.overwrite, progress=False)),
+                     *((m, lambda m=m: trl_methods.run(trl_methods.config_for(m), args.run_dir, args.overwrite, progress=False))
+                       for m in trl_methods.METHODS)):
         start = time.perf_counter()
         result = fn()
         timings[name] = (time.perf_counter() - start, result)
     pre = timings["pretrain"][1].metrics
     full = timings["sft"][1].metrics
     lora = timings["lora"][1].metrics
+    rm = timings["reward"][1].metrics
+    heldout = reward.pairwise(reward.RewardModel.load(timings["reward"][1].output_dir),
+                              read_preferences(bundled_path("preferences_heldout.jsonl")))["accuracy"]
     rows = [
         ("pretrain: wall time (s)", f"{pre['train_seconds']:.0f} training · {timings['pretrain'][0]:.0f} stage", "<= 240"),
         ("pretrain: base fact completion", f"{pre['fact_completion']:.2f}", ">= 0.8"),
@@ -49,7 +63,22 @@ def main() -> None:
         ("LoRA / full held-out QA", f"{lora['qa_heldout'] / max(full['qa_heldout'], 1e-9):.2f}", ">= 0.90"),
         ("LoRA r=8: trained-entity QA", f"{lora['qa_trained']:.2f}", ""),
         ("LoRA r=8: wall time (s)", f"{lora['train_seconds']:.0f}", ""),
+        ("RM: pairwise accuracy, eval split (new questions, SFT people)", f"{rm['eval_accuracy']:.2f}", ">= 0.9"),
+        ("RM: pairwise accuracy, held-out people", f"{heldout:.2f}", ""),
+        ("RM: agrees with the oracle on fresh SFT answer pairs", f"{rm['oracle_agreement']:.2f} of {rm['oracle_decided_pairs']}", ""),
+        ("RM: wall time (s)", f"{rm['train_seconds']:.0f}", ""),
     ]
+    for name in ("ppo", *trl_methods.METHODS):
+        m = timings[name][1].metrics
+        rows += [
+            (f"{name.upper()}: oracle win-rate vs SFT", f"{m['oracle_win_rate']:.2f}", ">= 0.65" if name == "ppo" else ""),
+            (f"{name.upper()}: KL to SFT per token (per sequence)", f"{m['eval_kl_per_token']:.3f} ({m['eval_kl_per_sequence']:.2f})", ""),
+            (f"{name.upper()}: oracle score (SFT)", f"{m['eval_oracle_score']:.3f} ({m['eval_oracle_score_sft']:.3f})", ""),
+            (f"{name.upper()}: QA held-out / trained (SFT)", f"{m['qa_heldout']:.2f} / {m['qa_trained']:.2f} "
+             f"({m['sft_qa_heldout']:.2f} / {m['sft_qa_trained']:.2f})", "within 0.05" if name == "ppo" else ""),
+            (f"{name.upper()}: response length (SFT)", f"{m['eval_response_length']:.1f} ({m['eval_response_length_sft']:.1f})", ""),
+            (f"{name.upper()}: wall time (s), steps", f"{m['train_seconds']:.0f}, {m['steps']}", ""),
+        ]
     if args.markdown:
         print(f"Machine: {os.cpu_count()} CPU cores. Run folder: {args.run_dir}\n")
         print("| measurement | value | bar |\n|---|---:|---|")

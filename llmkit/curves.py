@@ -12,10 +12,13 @@ from llmkit.loaders import read_jsonl
 
 
 def plot_training_log(log: str | Path | list[dict], fig=None):
-    """Loss (train and validation), validation bits per byte, and tokens/s with MFU, by step."""
+    """Loss (train and validation), validation bits per byte, and tokens/s with MFU, by step — or, for an RL
+    log, reward, KL and response length."""
     import matplotlib.pyplot as plt
 
     rows = log if isinstance(log, list) else read_jsonl(log)
+    if any("kl" in r and "reward" in r for r in rows):
+        return plot_rl_log(rows, fig)
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if "val_loss" in r]
     bpb = [r for r in rows if "val_bpb" in r]
@@ -50,6 +53,39 @@ def plot_training_log(log: str | Path | list[dict], fig=None):
         axes["lr"].plot([r["step"] for r in lrs], [r["lr"] for r in lrs], color="C4")
         axes["lr"].set_title("learning rate")
     for a in axes.values():
+        a.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def plot_rl_log(rows: list[dict], fig=None):
+    """RL curves by step: the reward model's score (and the oracle's, on the closed world), the KL to the
+    reference, and response length with the fraction of responses that ended with EOS."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "reward" in r]
+    if fig is None:
+        fig = plt.figure(figsize=(13, 3.6))
+    fig.clear()
+    ax_r, ax_kl, ax_len = fig.subplots(1, 3)
+    steps = [r["step"] for r in rows]
+    ax_r.plot(steps, [r["reward"] for r in rows], label="reward (RM score − EOS penalty)")
+    if any("oracle_score" in r for r in rows):
+        ax_o = ax_r.twinx()
+        ax_o.plot(steps, [r.get("oracle_score") for r in rows], color="C2", label="oracle score")
+        ax_o.set_ylabel("oracle score", color="C2")
+    ax_r.set_title("reward")
+    ax_r.legend(loc="upper left", fontsize=8)
+    ax_kl.plot(steps, [r["kl"] for r in rows], color="C1")
+    ax_kl.set_title("KL to the reference (per sequence)")
+    ax_len.plot(steps, [r.get("response_length") for r in rows], color="C3", label="tokens")
+    ax_len.set_title("response length")
+    if any("eos_fraction" in r for r in rows):
+        ax_e = ax_len.twinx()
+        ax_e.plot(steps, [r.get("eos_fraction") for r in rows], color="C4", linestyle="--")
+        ax_e.set_ylabel("ended with EOS", color="C4")
+        ax_e.set_ylim(0, 1.05)
+    for a in (ax_r, ax_kl, ax_len):
         a.set_xlabel("step")
     fig.tight_layout()
     return fig

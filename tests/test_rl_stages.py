@@ -63,7 +63,7 @@ def test_trl_methods_run_with_the_same_contract(rl_run, tmp_path, method):
         (run / name).symlink_to(rl_run / name, target_is_directory=True)
     result = trl_methods.run(trl_methods.config_for(method, "smoke", learning_rate=1e-3), run, progress=False)
     out, m = result.output_dir, result.metrics
-    assert out == run / method and m["method"] == method and m["steps"] == 2
+    assert out == run / method and m["method"] == method and m["steps"] == 3
     assert _changed(out, rl_run / "sft")
     for key in COMPARISON:
         assert key in m, key

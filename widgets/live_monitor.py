@@ -34,22 +34,18 @@ class LiveMonitor:
     def on_log(self, record: dict) -> None:
         self.records.append(record)
         if "samples" in record:
-            rows = "".join(f"<tr><td>{html.escape(s['prompt'])}</td><td>{html.escape(s['continuation'])}</td></tr>"
-                           for s in record["samples"])
-            self.samples.value = f"<table><tr><th>prompt</th><th>continuation</th></tr>{rows}</table>"
-            return
-        if "loss" in record or "val_loss" in record:
-            parts = [f"step {record['step']}"]
-            if "loss" in record:
-                parts.append(f"loss {record['loss']:.3f}")
-            if "val_loss" in record:
-                parts.append(f"val loss {record['val_loss']:.3f}")
-            if "val_bpb" in record:
-                parts.append(f"val bpb {record['val_bpb']:.3f}")
-            if "tokens_per_s" in record:
-                parts.append(f"{record['tokens_per_s']:.0f} tok/s")
+            self.samples.value = samples_html(record["samples"], record.get("step"))
+        parts = [f"step {record['step']}"] if "step" in record else []
+        for key, label, fmt in (("loss", "loss", ".3f"), ("val_loss", "val loss", ".3f"), ("val_bpb", "val bpb", ".3f"),
+                                ("tokens_per_s", "tok/s", ".0f"), ("val_accuracy", "val accuracy", ".3f"),
+                                ("reward", "reward", ".3f"), ("kl", "KL", ".2f"), ("oracle_score", "oracle", ".3f"),
+                                ("response_length", "length", ".1f")):
+            if key in record:
+                parts.append(f"{label} {record[key]:{fmt}}")
+        if len(parts) > 1:
             self.status.value = f"<b>{html.escape(self._title)}</b>: " + " · ".join(parts)
-            if len([r for r in self.records if "loss" in r or "val_loss" in r]) % self.every == 0:
+            drawn = [r for r in self.records if any(k in r for k in ("loss", "val_loss", "reward"))]
+            if drawn and len(drawn) % self.every == 0:
                 self.redraw()
 
     def redraw(self) -> None:
@@ -65,3 +61,13 @@ class LiveMonitor:
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+def samples_html(samples: list[dict], step=None) -> str:
+    """A table of sampled continuations (and their rewards when RL logged them); all text escaped."""
+    extra = [k for k in ("reward", "oracle") if any(k in x for x in samples)]
+    head = "".join(f"<th>{k}</th>" for k in ["prompt", "continuation", *extra])
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(x.get(k, '')))}</td>" for k in ["prompt", "continuation", *extra])
+                   + "</tr>" for x in samples)
+    caption = f"<caption>samples at step {step}</caption>" if step is not None else ""
+    return f"<table>{caption}<tr>{head}</tr>{rows}</table>"

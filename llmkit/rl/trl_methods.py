@@ -38,20 +38,20 @@ class MethodConfig:
     prompts: str | None = None  # GRPO/RLOO prompts; None: the bundled RL prompts
     preferences: str | None = None  # DPO pairs; None: the bundled preference pairs
     eval_prompts: str | None = None
-    steps: int = 60  # optimizer steps
+    steps: int = 40  # optimizer steps (PPO's default budget)
     batch_size: int = 32  # completions (GRPO/RLOO) or pairs (DPO) per step
     num_generations: int = 4  # samples per prompt (GRPO/RLOO)
     max_new_tokens: int = 40
     temperature: float = 0.7
-    learning_rate: float = 5e-5
-    beta: float = 0.05  # KL coefficient (GRPO, RLOO) / DPO's β
+    learning_rate: float = 2e-5  # as PPO
+    beta: float = 0.1  # KL coefficient (GRPO: in the loss; RLOO: in the reward) / DPO's β
     eval_limit: int = 100
     qa_limit: int | None = 80
     closed_world: bool | None = None
     seed: int = 0
 
 
-STEP_PRESETS = {"smoke": {"steps": 2, "batch_size": 8, "num_generations": 4, "max_new_tokens": 12, "eval_limit": 8,
+STEP_PRESETS = {"smoke": {"steps": 3, "batch_size": 8, "num_generations": 4, "max_new_tokens": 12, "eval_limit": 8,
                           "qa_limit": 8}}
 
 
