@@ -41,3 +41,20 @@ def test_inspector_shows_corpus_text_as_text(tmp_path):
     assert "<script>" not in ci.body.value and "<img" not in ci.body.value
     ci.select("removed by exact_dedup")
     assert "<script>" not in ci.body.value and "evil" in ci.body.value
+
+
+def test_live_monitor_draws_rl_logs_and_shows_rollouts_as_text():
+    from widgets.live_monitor import LiveMonitor
+
+    monitor = LiveMonitor("PPO")
+    for step in (1, 2, 3):
+        record = {"step": step, "reward": 0.1 * step, "score": 0.2, "kl": 0.5 * step, "oracle_score": 0.4,
+                  "response_length": 20 - step, "eos_fraction": 0.5}
+        if step == 2:
+            record["samples"] = [{"prompt": "Who is <b>Ada</b>?", "continuation": "<script>x()</script>", "reward": 1.5}]
+        monitor.on_log(record)
+    assert "reward 0.300" in monitor.status.value and "KL 1.50" in monitor.status.value
+    assert "&lt;script&gt;" in monitor.samples.value and "<script>" not in monitor.samples.value
+    assert "<th>reward</th>" in monitor.samples.value and "1.5" in monitor.samples.value
+    titles = [a.get_title() for a in monitor.fig.axes]
+    assert "KL to the reference (per sequence)" in titles and "response length" in titles

@@ -235,7 +235,7 @@ class Rollout:
 
 @torch.no_grad()
 def generate(policy, tokenizer, prompts: list, max_new_tokens: int, temperature: float = 1.0,
-             do_sample: bool = True) -> Rollout:
+             do_sample: bool = True, use_cache: bool = True) -> Rollout:
     """Sample one response per prompt with the KV cache, through the chat template."""
     device = next(policy.parameters()).device
     chats = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
@@ -250,7 +250,7 @@ def generate(policy, tokenizer, prompts: list, max_new_tokens: int, temperature:
     policy.eval()
     out = policy.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
                           temperature=temperature if do_sample else None, top_p=1.0 if do_sample else None,
-                          top_k=0 if do_sample else None, use_cache=True,
+                          top_k=0 if do_sample else None, use_cache=use_cache,
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     policy.train(was_training)
     n_prompt = enc["input_ids"].shape[1]
@@ -366,18 +366,11 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
     done = runs.stage_dir(run_dir, stage)
     if runs.finished(done) and not overwrite:
         return runs.StageResult(stage, done, runs.read_metrics(done), reused=True)
-    policy_dir = Path(config.policy_model) if config.policy_model else run_dir / "sft"
-    rm_dir = Path(config.reward_model) if config.reward_model else run_dir / "reward"
-    for path, what, hint in ((policy_dir, "policy", "llmkit sft"), (rm_dir, "reward model", "llmkit reward")):
-        if not (path / "config.json").exists():
-            raise PPOError(f"{path}: no {what} there (no config.json); run {hint} --run-dir {run_dir} first "
-                           "or pass its folder")
     if config.kl_estimator not in ("k1", "k3"):
         raise PPOError(f"kl_estimator={config.kl_estimator!r}; accepted: k1, k3")
     if config.batch_size % config.mini_batch_size:
         raise PPOError(f"batch_size {config.batch_size} must be a multiple of mini_batch_size {config.mini_batch_size}")
-    prompts = _read_prompts(config.prompts or bundled_path("rl_prompts_train.jsonl"))
-    eval_prompts = _read_prompts(config.eval_prompts or bundled_path("rl_prompts_eval.jsonl"))[: config.eval_limit]
+    policy_dir, rm_dir, prompts, eval_prompts = resolve_inputs(config, run_dir)
     final, work = runs.reuse_or_start(run_dir, stage, overwrite)
     if work is None:
         return runs.StageResult(stage, final, runs.read_metrics(final), reused=True)
@@ -386,6 +379,20 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
     except BaseException:
         runs.abandon(work)
         raise
+
+
+def resolve_inputs(config, run_dir: Path) -> tuple[Path, Path, list, list]:
+    """(policy folder, reward-model folder, training prompts, eval prompts) of an RL stage — checked before
+    anything is written. `config` has policy_model, reward_model, prompts, eval_prompts and eval_limit."""
+    policy_dir = Path(config.policy_model) if config.policy_model else run_dir / "sft"
+    rm_dir = Path(config.reward_model) if config.reward_model else run_dir / "reward"
+    for path, what, hint in ((policy_dir, "policy", "llmkit sft"), (rm_dir, "reward model", "llmkit reward")):
+        if not (path / "config.json").exists():
+            raise PPOError(f"{path}: no {what} there (no config.json); run {hint} --run-dir {run_dir} first "
+                           "or pass its folder")
+    prompts = _read_prompts(config.prompts or bundled_path("rl_prompts_train.jsonl"))
+    eval_prompts = _read_prompts(config.eval_prompts or bundled_path("rl_prompts_eval.jsonl"))[: config.eval_limit]
+    return policy_dir, rm_dir, prompts, eval_prompts
 
 
 def load_models(policy_dir: Path, rm_dir: Path):

@@ -69,13 +69,7 @@ def run(config: MethodConfig, run_dir: str | Path, overwrite: bool = False, prog
     done = runs.stage_dir(run_dir, stage)
     if runs.finished(done) and not overwrite:
         return runs.StageResult(stage, done, runs.read_metrics(done), reused=True)
-    policy_dir = Path(config.policy_model) if config.policy_model else run_dir / "sft"
-    rm_dir = Path(config.reward_model) if config.reward_model else run_dir / "reward"
-    for path, what, hint in ((policy_dir, "policy", "llmkit sft"), (rm_dir, "reward model", "llmkit reward")):
-        if not (path / "config.json").exists():
-            raise ppo.PPOError(f"{path}: no {what} there (no config.json); run {hint} --run-dir {run_dir} first")
-    prompts = ppo._read_prompts(config.prompts or bundled_path("rl_prompts_train.jsonl"))
-    eval_prompts = ppo._read_prompts(config.eval_prompts or bundled_path("rl_prompts_eval.jsonl"))[: config.eval_limit]
+    policy_dir, rm_dir, prompts, eval_prompts = ppo.resolve_inputs(config, run_dir)
     pairs = read_preferences(config.preferences or bundled_path("preferences_train.jsonl")) if stage == "dpo" else None
     final, work = runs.reuse_or_start(run_dir, stage, overwrite)
     if work is None:
