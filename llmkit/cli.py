@@ -7,6 +7,7 @@
     llmkit reward --run-dir DIR [--rm-data PATH] [--rm-format auto] [--labels PATH] ...
     llmkit ppo --run-dir DIR [--ppo-steps N] [--kl-coef B] [--ppo-lora]
     llmkit grpo|rloo|dpo --run-dir DIR [--rl-steps N] [--beta B]
+    llmkit chat [--run-dir DIR] [--port N]
     llmkit label [--run-dir DIR] [--items PATH | --from-checkpoint DIR] [--annotator NAME] [--port N]
 """
 
@@ -207,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rl-prompts", help="prompts (GRPO, RLOO): jsonl with a `prompt`")
         p.add_argument("--preferences", help="preference pairs (DPO; default: the bundled pairs)")
 
+    p = sub.add_parser("chat", help="chat with the run's checkpoints side by side in the browser",
+                       description="Serve the chat comparison app: up to four of the run's checkpoints answer each "
+                                   "prompt side by side; votes go to the labels file as preference pairs.")
+    p.add_argument("--run-dir", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("--labels", help="where votes go (default: RUN_DIR/labels.jsonl, the annotation app's file)")
+    _add_serve_options(p)
+
     p = sub.add_parser("label", help="label preference pairs in the browser (the annotation app)",
                        description="Serve the annotation app. Items come from --items (pairs or "
                                    "{prompt, responses: [a, b]} rows), else from RUN_DIR/label_items.jsonl, else "
@@ -219,11 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=40, help="prompts to sample items for (default 40)")
     p.add_argument("--labels", help="labels file (default: RUN_DIR/labels.jsonl)")
     p.add_argument("--annotator", default="", help="annotator name to start with")
+    _add_serve_options(p)
+    return ap
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or the next free one)")
     p.add_argument("--auth", help="USER:PASSWORD required to open the app (use it whenever --host exposes it)")
     p.add_argument("--share", action="store_true", help="open a public Gradio share link (off by default)")
-    return ap
+
+
+def _auth(args: argparse.Namespace):
+    if not args.auth:
+        return None
+    if ":" not in args.auth:
+        raise DataError(f"--auth {args.auth!r}: give USER:PASSWORD")
+    return tuple(args.auth.split(":", 1))
 
 
 def label_items(args: argparse.Namespace):
@@ -250,14 +270,20 @@ def label_items(args: argparse.Namespace):
     return items
 
 
+def serve_chat(args: argparse.Namespace) -> int:
+    from widgets.chat import ChatCompare, launch
+
+    auth = _auth(args)
+    app = ChatCompare(args.run_dir, args.labels)
+    print(f"checkpoints: {', '.join(app.available)}; votes go to {app.labels.path}", flush=True)
+    launch(app.build(), host=args.host, port=args.port, share=args.share, auth=auth, block=True)
+    return 0
+
+
 def serve_labels(args: argparse.Namespace) -> int:
     from widgets.annotate import AnnotationApp, launch
 
-    auth = None
-    if args.auth:
-        if ":" not in args.auth:
-            raise DataError(f"--auth {args.auth!r}: give USER:PASSWORD")
-        auth = tuple(args.auth.split(":", 1))
+    auth = _auth(args)
     items = label_items(args)
     labels = Path(args.labels) if args.labels else Path(args.run_dir) / "labels.jsonl"
     app = AnnotationApp(items, labels, args.annotator)
@@ -285,9 +311,9 @@ def run_stage(stage: str, args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "label":
+    if args.command in ("label", "chat"):
         try:
-            return serve_labels(args)
+            return serve_labels(args) if args.command == "label" else serve_chat(args)
         except (DataError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
