@@ -322,11 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown stage(s) {', '.join(unknown)}; available: {', '.join(STAGES)}", file=sys.stderr)
         return 2
+    timings: dict[str, float | None] = {}
     try:
         for stage in stages:
             start = time.perf_counter()
             result = run_stage(stage, args)
             took = time.perf_counter() - start
+            timings[stage] = None if result.reused else took
             status = "reused (finished earlier; --overwrite to redo)" if result.reused else f"done in {took:.1f} s"
             print(f"[{stage}] {status} -> {result.output_dir}")
             report = Path(result.output_dir) / "report.md"
@@ -361,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, pretrain.PretrainError, sft.SFTError, reward.RewardError, ppo.PPOError, StageExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.command == "pipeline":
+        from llmkit.report import write_report
+
+        print(f"report: {write_report(args.run_dir, timings)}")
     return 0
 
 

@@ -26,6 +26,9 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path):
     assert (tmp_path / "runs" / "smoke" / "sft" / "model.safetensors").exists()
     assert (tmp_path / "runs" / "smoke" / "reward" / "eval_scores.jsonl").exists()
     assert (tmp_path / "runs" / "smoke" / "ppo" / "eval_samples.jsonl").exists()
+    report = (tmp_path / "runs" / "smoke" / "report.md").read_text()
+    assert "| ppo | oracle win-rate vs SFT |" in report and "| reward | pairwise accuracy" in report
+    assert "reused" in report and "![ppo curves](ppo/curves.png)" in report
 
 
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys):

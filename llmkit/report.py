@@ -1,0 +1,79 @@
+"""The pipeline's report: RUN_DIR/report.md with every stage's closed-world numbers, its bar, and its curves.
+
+Written by `llmkit pipeline` after its stages ran (or were reused); it reads only the stage folders'
+metrics.json, so it can be rewritten at any time with `write_report(run_dir)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmkit import runs
+
+# stage -> [(label, metric key, bar as (op, value) or None)]
+ROWS = {
+    "data": [("documents kept", "documents_out", None), ("bytes per token", "validation_bytes_per_token", None)],
+    "pretrain": [("base fact completion", "fact_completion", (">=", 0.8)), ("validation bits per byte", "val_bpb", None),
+                 ("MFU", "mfu", None)],
+    "sft": [("held-out QA", "qa_heldout", (">=", 0.6)), ("trained-entity QA", "qa_trained", None),
+            ("base model's held-out QA", "base_qa_heldout", ("<=", 0.1))],
+    "lora": [("held-out QA", "qa_heldout", None), ("trainable fraction", "trainable_fraction", ("<=", 0.05))],
+    "reward": [("pairwise accuracy (eval split)", "eval_accuracy", (">=", 0.9)),
+               ("agreement with the oracle, fresh SFT answers", "oracle_agreement", None)],
+    "ppo": [("oracle win-rate vs SFT", "oracle_win_rate", (">=", 0.65)), ("KL to SFT per token", "eval_kl_per_token", None),
+            ("held-out QA (SFT's)", "qa_heldout", "sft_qa_heldout"), ("trained QA (SFT's)", "qa_trained", "sft_qa_trained")],
+}
+for method in ("grpo", "rloo", "dpo"):
+    ROWS[method] = [("oracle win-rate vs SFT", "oracle_win_rate", None), ("KL to SFT per token", "eval_kl_per_token", None),
+                    ("held-out QA (SFT's)", "qa_heldout", "sft_qa_heldout")]
+
+
+def _verdict(value: float, bar, metrics: dict) -> str:
+    if bar is None:
+        return ""
+    if isinstance(bar, str):  # must stay within 5 points of the SFT model's
+        return "met" if abs(value - metrics[bar]) <= 0.05 else "**not met**"
+    op, target = bar
+    ok = value >= target if op == ">=" else value <= target
+    return "met" if ok else "**not met**"
+
+
+def _bar_text(bar) -> str:
+    if bar is None:
+        return ""
+    if isinstance(bar, str):
+        return "within 0.05 of SFT"
+    return f"{bar[0]} {bar[1]:g}"
+
+
+def write_report(run_dir: str | Path, timings: dict[str, float | None] | None = None) -> Path:
+    """Write RUN_DIR/report.md; `timings` maps stage -> seconds this run (None: reused)."""
+    run_dir = Path(run_dir)
+    timings = timings or {}
+    lines = [f"# llmkit run report: {run_dir}", "",
+             "| stage | measurement | value | bar | verdict | wall time this run |", "|---|---|---:|---|---|---:|"]
+    plots = []
+    for stage, rows in ROWS.items():
+        folder = runs.stage_dir(run_dir, stage)
+        if not runs.finished(folder):
+            continue
+        m = runs.read_metrics(folder)
+        t = timings.get(stage, "n/a")
+        took = "reused" if t is None else (f"{t:.0f} s" if isinstance(t, float) else t)
+        first = True
+        for label, key, bar in rows:
+            if key not in m or not isinstance(m[key], (int, float)):
+                continue
+            value = m[key]
+            shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+            if isinstance(bar, str) and bar in m:
+                shown += f" ({m[bar]:.3f})"
+            lines.append(f"| {stage if first else ''} | {label} | {shown} | {_bar_text(bar)} | "
+                         f"{_verdict(value, bar, m)} | {took if first else ''} |")
+            first = False
+        if (folder / "curves.png").exists():
+            plots.append(f"### {stage}\n\n![{stage} curves]({stage}/curves.png)\n")
+    lines += ["", "## Curves", "", *plots]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
