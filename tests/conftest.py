@@ -1,4 +1,8 @@
+import shutil
+
 import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from llmkit import data
 from llmkit.model import build_model
@@ -22,3 +26,22 @@ def base_model(data_run, tmp_path_factory):
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def chat_run(base_model, tmp_path_factory):
+    """A run folder of finished stages for the chat app: pretrain and sft (both the tiny base model) and a
+    reward model with a random head; plus an unfinished stage that must not be offered."""
+    run = tmp_path_factory.mktemp("chat")
+    for stage in ("pretrain", "sft"):
+        shutil.copytree(base_model, run / stage)
+        (run / stage / "metrics.json").write_text("{}")
+    (run / ".ppo.partial").mkdir()
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(base_model)
+    rm = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
+    rm.config.pad_token_id = tok.pad_token_id
+    rm.save_pretrained(run / "reward")
+    tok.save_pretrained(run / "reward")
+    (run / "reward" / "metrics.json").write_text("{}")
+    return run

@@ -1,39 +1,21 @@
-"""The chat comparison app's event functions on tiny checkpoints (the browser test comes with issue 7's rest)."""
+"""The chat comparison app's event functions on tiny checkpoints (the browser test is test_chat_browser.py)."""
 
 import json
-import shutil
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from widgets.chat import ChatCompare, _escaped, checkpoints
 
 
-@pytest.fixture(scope="module")
-def run_dir(base_model, tmp_path_factory):
-    run = tmp_path_factory.mktemp("chat")
-    for stage in ("pretrain", "sft"):
-        shutil.copytree(base_model, run / stage)
-        (run / stage / "metrics.json").write_text("{}")
-    (run / ".ppo.partial").mkdir()  # an unfinished stage is not offered
-    torch.manual_seed(0)
-    rm = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
-    rm.config.pad_token_id = AutoTokenizer.from_pretrained(base_model).pad_token_id
-    rm.save_pretrained(run / "reward")
-    AutoTokenizer.from_pretrained(base_model).save_pretrained(run / "reward")
-    (run / "reward" / "metrics.json").write_text("{}")
-    return run
-
-
-def test_finished_checkpoints_are_offered_in_pipeline_order(run_dir):
-    assert list(checkpoints(run_dir)) == ["pretrain", "sft"]  # not the reward model, not unfinished stages
+def test_finished_checkpoints_are_offered_in_pipeline_order(chat_run):
+    assert list(checkpoints(chat_run)) == ["pretrain", "sft"]  # not the reward model, not unfinished stages
     with pytest.raises(FileNotFoundError, match="no finished stage with a model"):
-        ChatCompare(run_dir / "nothing")
+        ChatCompare(chat_run / "nothing")
 
 
-def test_streaming_greedy_matches_generate_and_the_base_model_gets_raw_text(run_dir):
-    app = ChatCompare(run_dir)
+def test_streaming_greedy_matches_generate_and_the_base_model_gets_raw_text(chat_run):
+    app = ChatCompare(chat_run)
     history = [{"role": "user", "content": "Where was Ada born?"}]
     steps = list(app.stream("sft", history, max_new_tokens=8, temperature=0))
     assert len(steps) >= 1 and all(steps[i] != steps[i + 1] or i == len(steps) - 2 for i in range(len(steps) - 1))
@@ -48,8 +30,8 @@ def test_streaming_greedy_matches_generate_and_the_base_model_gets_raw_text(run_
     assert a == list(app.stream("sft", history, max_new_tokens=8, temperature=1.0, seed=3))[-1]  # the seed fixes it
 
 
-def test_respond_streams_side_by_side_keeps_turns_and_votes_become_preference_pairs(run_dir, tmp_path):
-    app = ChatCompare(run_dir, labels_path=tmp_path / "labels.jsonl")
+def test_respond_streams_side_by_side_keeps_turns_and_votes_become_preference_pairs(chat_run, tmp_path):
+    app = ChatCompare(chat_run, labels_path=tmp_path / "labels.jsonl")
     person = app._oracle.world.people[0].name
     updates = list(app.respond(f"Where was {person} born?", ["pretrain", "sft"], {}, max_new_tokens=6, temperature=0.8,
                                seed=1))
@@ -76,10 +58,10 @@ def test_answers_are_shown_as_text():
     assert "<script>" not in shown[0]["content"] and "&lt;script&gt;" in shown[0]["content"]
 
 
-def test_the_app_lays_out(run_dir):
+def test_the_app_lays_out(chat_run):
     import gradio as gr
 
-    demo = ChatCompare(run_dir).build()
+    demo = ChatCompare(chat_run).build()
     assert isinstance(demo, gr.Blocks)
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"llmkit-send", "llmkit-stop", "llmkit-clear", "llmkit-vote-0", "llmkit-pane-3"} <= ids

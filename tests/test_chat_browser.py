@@ -2,19 +2,8 @@
 vote that lands on disk, and model text shown as text."""
 
 import json
-import shutil
 
-import pytest
 from browser import Server, browser_page, free_port
-
-
-@pytest.fixture(scope="module")
-def chat_run(base_model, tmp_path_factory):
-    run = tmp_path_factory.mktemp("chatrun")
-    for stage in ("pretrain", "sft"):
-        shutil.copytree(base_model, run / stage)
-        (run / stage / "metrics.json").write_text("{}")
-    return run
 
 
 def _pane_text(page, i):
