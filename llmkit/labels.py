@@ -214,10 +214,10 @@ class LabelStore:
     def undo(self, annotator: str) -> dict | None:
         """Retract this annotator's most recent label; returns it (None if there is none)."""
         self.refresh()
-        mine = self.labels(annotator)
-        if not mine:
+        live = {r["label_id"] for r in self.labels(annotator).values()}
+        last = next((r for r in reversed(self._records) if r.get("label_id") in live), None)
+        if last is None:
             return None
-        last = max(mine.values(), key=lambda r: self._records.index(r))
         self._append({"undo": last["label_id"], "item_id": last["item_id"], "annotator": annotator,
                       "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return last

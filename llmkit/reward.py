@@ -134,7 +134,7 @@ def score(prompts: list, responses: list[str], model: str | Path | RewardModel) 
 def run(config: RewardConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
         callbacks: tuple = ()) -> runs.StageResult:
     """Train the reward model and write RUN_DIR/reward. `callbacks`: objects with `on_log(record)`."""
-    from llmkit.sft import SFTError, load_base
+    from llmkit.sft import SFTError, load_chat_tokenizer
 
     run_dir = Path(run_dir)
     base = Path(config.base_model) if config.base_model else run_dir / "sft"
@@ -145,7 +145,7 @@ def run(config: RewardConfig, run_dir: str | Path, overwrite: bool = False, prog
         raise RewardError(f"{base}: not a local transformers model folder (no config.json); run SFT first "
                           f"(llmkit sft --run-dir {run_dir}) or pass base_model / --rm-base-model")
     try:
-        tokenizer, _ = load_base(base, run_dir)
+        tokenizer = load_chat_tokenizer(base, run_dir)  # the reward model itself is loaded once, by the trainer
     except SFTError as e:
         raise RewardError(str(e)) from None
     train_rows, eval_rows, n_labels = load_pairs(config, run_dir)

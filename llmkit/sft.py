@@ -198,7 +198,16 @@ def _train(config, run_dir, base, tokenizer, model, train_rows, eval_rows, final
 # ---- inputs ---------------------------------------------------------------------------------------
 def load_base(base: Path, run_dir: Path):
     """(tokenizer, model) of the model to fine-tune; clear errors for a missing model or chat template."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_chat_tokenizer(base, run_dir)
+    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+    return tokenizer, model
+
+
+def load_chat_tokenizer(base: Path, run_dir: Path):
+    """The tokenizer of a local model folder, which must have a chat template (and gets a pad token)."""
+    from transformers import AutoTokenizer
 
     if not (base / "config.json").exists():
         hint = "run pretraining first (llmkit pretrain --run-dir " + str(run_dir) + ") or pass base_model / --base-model"
@@ -209,8 +218,7 @@ def load_base(base: Path, run_dir: Path):
                        "(tokenizer.chat_template = ...; llmkit.tokenizer.CHAT_TEMPLATE is ChatML) and save it")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, dtype=torch.float32)
-    return tokenizer, model
+    return tokenizer
 
 
 def load_conversations(config: SFTConfig) -> tuple[list[dict], list[dict]]:

@@ -29,14 +29,11 @@ CHAT_STAGES = ("pretrain", "sft", "lora", "ppo", "grpo", "rloo", "dpo", "ppo_wea
 def checkpoints(run_dir: str | Path) -> dict[str, Path]:
     """{name: folder} of the finished stages in RUN_DIR that hold a causal language model."""
     run_dir = Path(run_dir)
-    found = {}
-    names = list(CHAT_STAGES) + sorted(p.name for p in run_dir.iterdir() if p.is_dir() and p.name not in CHAT_STAGES) \
-        if run_dir.exists() else []
-    for name in names:
-        folder = run_dir / name
-        if (folder / "config.json").exists() and (folder / "metrics.json").exists() and name != "reward":
-            found[name] = folder
-    return found
+    if not run_dir.is_dir():
+        return {}
+    others = sorted(p.name for p in run_dir.iterdir() if p.is_dir() and p.name not in CHAT_STAGES + ("reward",))
+    return {name: run_dir / name for name in (*CHAT_STAGES, *others)
+            if (run_dir / name / "config.json").exists() and (run_dir / name / "metrics.json").exists()}
 
 
 def is_base(name: str) -> bool:
