@@ -9,6 +9,10 @@
     llmkit grpo|rloo|dpo --run-dir DIR [--rl-steps N] [--beta B]
     llmkit chat [--run-dir DIR] [--port N]
     llmkit label [--run-dir DIR] [--items PATH | --from-checkpoint DIR] [--annotator NAME] [--port N]
+
+Any training stage runs on several processes or GPUs under accelerate, with the same arguments:
+
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m llmkit pretrain --run-dir DIR ...
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from llmkit import data, pretrain, reward, sft
+from llmkit import data, launch, pretrain, reward, runs, sft
 from llmkit.formats import FORMATS, PREFERENCE_FORMATS
 from llmkit.loaders import DataError
 from llmkit.rl import ppo, trl_methods
@@ -292,21 +296,26 @@ def serve_labels(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_stage(stage: str, args: argparse.Namespace):
+def stage_config(stage: str, args: argparse.Namespace):
     if stage == "data":
-        return data.run(_data_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+        return _data_config(args)
     if stage == "pretrain":
-        return pretrain.run(_pretrain_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+        return _pretrain_config(args)
     if stage == "sft":
-        return sft.run(_sft_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+        return _sft_config(args)
     if stage == "reward":
-        return reward.run(_reward_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+        return _reward_config(args)
     if stage == "ppo":
-        return ppo.run(_ppo_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+        return _ppo_config(args)
     if stage in trl_methods.METHODS:
-        return trl_methods.run(_method_config(stage, args), args.run_dir, overwrite=args.overwrite,
-                               progress=not args.quiet)
+        return _method_config(stage, args)
     raise ValueError(f"unknown stage {stage!r}; available: {', '.join(STAGES)}")
+
+
+def run_stage(stage: str, args: argparse.Namespace):
+    """One stage, on this process and any others `accelerate launch` started beside it."""
+    return launch.run_stage(stage, stage_config(stage, args), args.run_dir, overwrite=args.overwrite,
+                            progress=not args.quiet and runs.is_main_process())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             result = run_stage(stage, args)
             took = time.perf_counter() - start
             timings[stage] = None if result.reused else took
+            if not runs.is_main_process():  # under `accelerate launch` the main process reports
+                continue
             status = "reused (finished earlier; --overwrite to redo)" if result.reused else f"done in {took:.1f} s"
             print(f"[{stage}] {status} -> {result.output_dir}")
             report = Path(result.output_dir) / "report.md"
@@ -363,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, pretrain.PretrainError, sft.SFTError, reward.RewardError, ppo.PPOError, StageExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.command == "pipeline":
+    if args.command == "pipeline" and runs.is_main_process():
         from llmkit.report import write_report
 
         print(f"report: {write_report(args.run_dir, timings)}")

@@ -96,7 +96,10 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
         return runs.StageResult(STAGE, final, runs.read_metrics(final), reused=True)
     run_dir = Path(run_dir)
     preset = _preset(config)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision))
+    # The schedule counts optimizer steps, which are the same on any number of processes (accelerate's default
+    # would step it once per process per step, running the warmup and decay N times too fast).
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision),
+                              step_scheduler_with_optimizer=False)
     set_seed(config.seed)
 
     tokenizer, model = _model_and_tokenizer(config, run_dir, preset.depth)
@@ -110,10 +113,7 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
 
     world_size = accelerator.num_processes
     batch = config.batch_size or preset.batch_size
-    micro = min(config.micro_batch_size or batch // world_size, batch // world_size)
-    if batch % (micro * world_size):
-        raise PretrainError(f"batch_size {batch} must be a multiple of micro_batch_size {micro} × {world_size} processes")
-    accumulation = batch // (micro * world_size)
+    micro, accumulation = runs.split_batch(batch, config.micro_batch_size, world_size, PretrainError)
     lr = config.learning_rate or preset.learning_rate
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -127,12 +127,12 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
     checkpoints = work / "checkpoints"
     start_step, elapsed = resume_from(checkpoints, accelerator)
     log_path = work / "log.jsonl"
-    if log_path.exists() and accelerator.is_main_process:  # forget what came after the checkpoint
-        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
-        log_path.write_text("".join(line + "\n" for line in kept) if start_step else "")
+    if accelerator.is_main_process:  # forget what came after the checkpoint
+        _truncate_log(log_path, start_step)
+    _truncate_log(work / "ranks" / f"rank{accelerator.process_index}.jsonl", start_step)
 
     n_flops = flops_per_token(accelerator.unwrap_model(model), seq_len)
-    peak = peak_flops(accelerator.device)
+    peak = peak_flops(accelerator.device) * world_size  # tokens/s counts every process's tokens
     closed_world = config.fact_completion if config.fact_completion is not None else _is_closed_world(config, run_dir)
     prompts = config.sample_prompts or _default_prompts(closed_world, tokenizer, val)
 
@@ -166,6 +166,9 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
         bar.update(1)
 
         if done % config.eval_every == 0 or done == config.max_steps or done == 1:
+            if world_size > 1:  # each process's own share of the batch, beside the averaged log.jsonl
+                rank_log(work, accelerator.process_index, {"step": done, "loss": step_loss.item(),
+                                                           "rows": len(mine), "tokens": mine.numel()})
             train_loss = accelerator.reduce(step_loss, "mean").item()
             seconds = time.perf_counter() - window_start
             elapsed += seconds
@@ -208,6 +211,20 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
         result = runs.commit(work, final, config, metrics)
     accelerator.wait_for_everyone()
     return result if accelerator.is_main_process else runs.StageResult(STAGE, final, metrics)
+
+
+def _truncate_log(path: Path, start_step: int) -> None:
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        path.write_text("".join(line + "\n" for line in kept) if start_step else "")
+
+
+def rank_log(work: Path, rank: int, record: dict) -> None:
+    """Append to work/ranks/rank<N>.jsonl: what one process of a multi-process run saw."""
+    folder = work / "ranks"
+    folder.mkdir(exist_ok=True)
+    with open(folder / f"rank{rank}.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 # ---- the schedule and the data order --------------------------------------------------------------

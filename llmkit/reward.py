@@ -27,6 +27,7 @@ import torch
 from llmkit import runs
 from llmkit.curves import save_curves
 from llmkit.formats import read_preferences
+from llmkit.launch import gathered_model
 from llmkit.loaders import DataError, bundled_path, read_jsonl, write_jsonl
 
 STAGE = "reward"
@@ -200,9 +201,7 @@ def build_trainer(config: RewardConfig, tokenizer, base: Path, train_rows: list[
     from llmkit.sft import _bf16
 
     cuda = torch.cuda.is_available()
-    micro = min(config.micro_batch_size or config.batch_size, config.batch_size)
-    if config.batch_size % micro:
-        raise RewardError(f"batch_size {config.batch_size} must be a multiple of micro_batch_size {micro}")
+    micro, accumulation = runs.split_batch(config.batch_size, config.micro_batch_size, runs.world_size(), RewardError)
     torch.manual_seed(config.seed)  # the new score head
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # the new head is "missing from the checkpoint": that is the point
@@ -214,7 +213,7 @@ def build_trainer(config: RewardConfig, tokenizer, base: Path, train_rows: list[
     model.config.pad_token_id = tokenizer.pad_token_id
     args = TRLConfig(
         output_dir=str(work / "trainer"), per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
-        gradient_accumulation_steps=config.batch_size // micro, num_train_epochs=config.epochs,
+        gradient_accumulation_steps=accumulation, num_train_epochs=config.epochs,
         max_steps=config.max_steps, learning_rate=config.learning_rate, lr_scheduler_type="cosine",
         warmup_steps=config.warmup_ratio, max_length=config.max_length,
         center_rewards_coefficient=config.center_rewards_coefficient, eval_strategy="steps",
@@ -250,7 +249,9 @@ def _train(config, base, tokenizer, train_rows, eval_rows, n_labels, final, work
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
-    model = trainer.model
+    model = gathered_model(trainer)
+    if model is None:  # under several processes the main one saves and evaluates
+        return runs.StageResult(final.name, final, {})
     if config.lora:
         model = model.merge_and_unload()
     model = model.float().eval()

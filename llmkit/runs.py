@@ -47,7 +47,65 @@ def read_metrics(path: str | Path) -> dict:
 def reuse_or_start(run_dir: str | Path, stage: str, overwrite: bool, resumable: bool = False) -> tuple[Path, Path | None]:
     """(final folder, work folder to write into) — the work folder is None when the finished stage is to be
     reused. The work folder `.<stage>.partial` survives a crash; a resumable stage continues from what it
-    holds, any other stage starts it afresh."""
+    holds, any other stage starts it afresh.
+
+    Under several processes (`llmkit.launch`, `accelerate launch`) the main process decides and prepares the
+    folders, the others wait and get its answer: two processes deleting and creating the same folder race."""
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        answer: list = [None]
+        if dist.get_rank() == 0:
+            try:
+                answer = [_reuse_or_start(run_dir, stage, overwrite, resumable)]
+            except StageExistsError as e:
+                answer = [e]
+        dist.broadcast_object_list(answer, src=0)
+        if isinstance(answer[0], Exception):
+            raise answer[0]
+        return answer[0]
+    return _reuse_or_start(run_dir, stage, overwrite, resumable)
+
+
+def world_size() -> int:
+    """How many processes this stage runs on. Starts the process group when a launcher asked for one (its
+    environment says WORLD_SIZE > 1) and nothing has started it yet."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        import torch
+        from accelerate import PartialState
+
+        # joins the launcher's process group (gloo on CPU, NCCL on GPUs); accelerate counts CPU processes as
+        # distributed only when told it runs on the CPU
+        PartialState(cpu=not torch.cuda.is_available())
+    return dist.get_world_size()
+
+
+def is_main_process() -> bool:
+    if world_size() == 1:
+        return True
+    import torch.distributed as dist
+
+    return dist.get_rank() == 0
+
+
+def split_batch(batch: int, micro: int | None, processes: int, error=ValueError) -> tuple[int, int]:
+    """(sequences per forward pass, gradient-accumulation steps) that keep the global batch at `batch` on
+    `processes` processes: the same optimizer steps, whatever the number of processes."""
+    if batch % processes:
+        raise error(f"batch_size {batch} must be a multiple of the number of processes ({processes})")
+    per_process = batch // processes
+    micro = min(micro or per_process, per_process)
+    if per_process % micro:
+        raise error(f"batch_size {batch} over {processes} process(es) is {per_process} per process, which must "
+                    f"be a multiple of micro_batch_size {micro}")
+    return micro, per_process // micro
+
+
+def _reuse_or_start(run_dir: str | Path, stage: str, overwrite: bool, resumable: bool) -> tuple[Path, Path | None]:
     final = stage_dir(run_dir, stage)
     if final.exists() and not overwrite:
         if finished(final):

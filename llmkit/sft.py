@@ -29,6 +29,7 @@ from llmkit import runs
 from llmkit.curves import save_curves
 from llmkit.evaluate import qa_accuracy
 from llmkit.formats import read_conversations
+from llmkit.launch import gathered_model
 from llmkit.loaders import DataError, bundled_path, read_jsonl
 
 STAGE = "sft"
@@ -107,12 +108,10 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
     from trl import SFTTrainer
 
     cuda = torch.cuda.is_available()
-    micro = min(config.micro_batch_size or config.batch_size, config.batch_size)
-    if config.batch_size % micro:
-        raise SFTError(f"batch_size {config.batch_size} must be a multiple of micro_batch_size {micro}")
+    micro, accumulation = runs.split_batch(config.batch_size, config.micro_batch_size, runs.world_size(), SFTError)
     args = TRLConfig(
         output_dir=str(work / "trainer"), per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
-        gradient_accumulation_steps=config.batch_size // micro, num_train_epochs=epochs(config),
+        gradient_accumulation_steps=accumulation, num_train_epochs=epochs(config),
         max_steps=config.max_steps, learning_rate=learning_rate(config), lr_scheduler_type="cosine",
         warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_length=config.max_length,
         assistant_only_loss=True, packing=packing(config), eval_strategy="steps", eval_steps=config.eval_every,
@@ -168,8 +167,9 @@ def _train(config, run_dir, base, tokenizer, model, train_rows, eval_rows, final
     trainer.train()
     train_seconds = time.perf_counter() - start
     final_eval = trainer.evaluate()
-
-    model = trainer.model
+    model = gathered_model(trainer)
+    if model is None:  # under several processes the main one saves and evaluates
+        return runs.StageResult(final.name, final, {})
     if config.lora:
         model.save_pretrained(work / "adapter")
         model = model.merge_and_unload()
@@ -272,6 +272,8 @@ class _LogBridge:
         self.path, self.callbacks, self.names = path, list(callbacks), self.NAMES + tuple(extra)
 
     def write(self, record: dict) -> None:
+        if not runs.is_main_process():
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         for cb in self.callbacks:

@@ -24,6 +24,7 @@ import torch
 from llmkit import runs
 from llmkit.curves import save_curves
 from llmkit.formats import read_preferences
+from llmkit.launch import gathered_model
 from llmkit.loaders import bundled_path, write_jsonl
 from llmkit.rl import ppo
 
@@ -91,6 +92,7 @@ def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path, prompts:
     cuda = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(policy_dir, local_files_only=True)
     policy = AutoModelForCausalLM.from_pretrained(policy_dir, local_files_only=True, dtype=torch.float32)
+    per_process, _ = runs.split_batch(config.batch_size, None, runs.world_size())  # the same global batch on N
     common = dict(output_dir=str(work / "trainer"), max_steps=config.steps, learning_rate=config.learning_rate,
                   lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[], seed=config.seed,
                   data_seed=config.seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
@@ -98,7 +100,7 @@ def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path, prompts:
     if config.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(**common, per_device_train_batch_size=config.batch_size, beta=config.beta,
+        args = DPOConfig(**common, per_device_train_batch_size=per_process, beta=config.beta,
                          max_length=256)
         trainer = DPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
                              callbacks=list(callbacks))
@@ -107,7 +109,7 @@ def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path, prompts:
         rm_tokenizer = AutoTokenizer.from_pretrained(rm_dir, local_files_only=True)
         dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p}] if isinstance(p, str) else p}
                                      for p in prompts])
-        kwargs = dict(**common, per_device_train_batch_size=config.batch_size, num_generations=config.num_generations,
+        kwargs = dict(**common, per_device_train_batch_size=per_process, num_generations=config.num_generations,
                       max_completion_length=config.max_new_tokens, temperature=config.temperature, beta=config.beta)
         if config.method == "grpo":
             from trl import GRPOConfig as Config
@@ -134,7 +136,10 @@ def _train(config, policy_dir, rm_dir, prompts, eval_prompts, pairs, final, work
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
-    model = trainer.model.float().eval()
+    model = gathered_model(trainer)
+    if model is None:  # under several processes the main one saves and evaluates
+        return runs.StageResult(final.name, final, {})
+    model = model.float().eval()
     model.save_pretrained(work, safe_serialization=True)
     tokenizer.save_pretrained(work)
     closed_world = config.closed_world if config.closed_world is not None else config.prompts is None

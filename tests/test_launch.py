@@ -1,0 +1,134 @@
+"""Several processes train exactly as one: the same global batch, the same losses step by step.
+
+Each run happens in a child Python process, as in a notebook kernel: accelerate's shared state is
+per process, and the launcher forks the caller."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from llmkit import runs
+
+ROOT = Path(__file__).resolve().parent.parent
+# Losses of one process and of two agree to float32 summation order; 1e-4 leaves room for the
+# all-reduce adding the two halves' gradients in a different order than one backward pass does.
+TOLERANCE = 1e-4
+
+
+def _python(script: str, cwd: Path, timeout: int = 300) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return done.stdout
+
+
+def _losses(stage_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (stage_dir / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _assert_same(one: dict, two: dict, steps: int):
+    assert sorted(one) == sorted(two) == list(range(1, steps + 1))
+    for step in one:
+        assert abs(one[step] - two[step]) <= TOLERANCE, (step, one[step], two[step])
+    assert one[steps] < one[1] - 0.05  # and training moved
+
+
+@pytest.fixture(scope="module")
+def launch_run(data_run, tmp_path_factory):
+    """Pretraining (then SFT) of the smoke model on one process in this child process, then on two
+    processes launched from the same child: the notebook order that trips notebook_launcher when an
+    Accelerator already exists in the kernel."""
+    root = tmp_path_factory.mktemp("launch")
+    for name in ("one", "two"):
+        (root / name).mkdir()
+        shutil.copytree(data_run.output_dir, root / name / "data")
+    _python("""
+        from llmkit import launch, pretrain, sft
+        cfg = pretrain.config_for("smoke", max_steps=8, eval_every=1, save_every=100, batch_size=8,
+                                  fact_completion=False)
+        pretrain.run(cfg, "one", progress=False)  # in this process: leaves accelerate's state behind
+        launch.launch("pretrain", cfg, "two", num_processes=2)
+        tuned = sft.config_for("smoke", base_model="one/pretrain", max_steps=5, batch_size=8, qa_eval=False)
+        sft.run(tuned, "one", progress=False)
+        launch.launch("sft", tuned, "two", num_processes=2)
+    """, root)
+    return root
+
+
+def test_two_processes_pretrain_with_the_losses_of_one(launch_run):
+    one, two = launch_run / "one" / "pretrain", launch_run / "two" / "pretrain"
+    _assert_same(_losses(one), _losses(two), 8)
+    # each process saw its own half of every batch: different losses whose mean is the logged loss
+    ranks = [[json.loads(x) for x in (two / "ranks" / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert [r["rows"] for r in ranks[0]] == [4] * 8
+    for a, b, step in zip(ranks[0], ranks[1], range(1, 9)):
+        assert a["loss"] != b["loss"]
+        assert abs((a["loss"] + b["loss"]) / 2 - _losses(two)[step]) < 1e-5
+    assert json.loads((two / "metrics.json").read_text())["steps"] == 8
+    assert not (one / "ranks").exists()  # one process writes no per-rank logs
+
+
+def test_two_processes_fine_tune_with_the_losses_of_one(launch_run):
+    one, two = launch_run / "one" / "sft", launch_run / "two" / "sft"
+    _assert_same(_losses(one), _losses(two), 5)
+    assert runs.finished(two) and (two / "model.safetensors").is_file()
+
+
+def test_the_shell_path_torchrun_runs_the_cli_on_two_processes(launch_run, tmp_path):
+    """`accelerate launch -m llmkit ...` on GPUs runs the CLI under torchrun; on a CPU the same is torchrun."""
+    run_dir = tmp_path / "shell"
+    shutil.copytree(launch_run / "one" / "data", run_dir / "data")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    from llmkit.launch import free_port
+
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(free_port()), "-m", "llmkit", "pretrain", "--run-dir", str(run_dir), "--preset", "smoke",
+                           "--max-steps", "8", "--batch-size", "8", "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("[pretrain] done") == 1  # the main process reports, once
+    assert sorted(p.name for p in (run_dir / "pretrain" / "ranks").iterdir()) == ["rank0.jsonl", "rank1.jsonl"]
+    # the CLI's default logging is sparser; the steps it logged agree with the notebook launch
+    shell, two = _losses(run_dir / "pretrain"), _losses(launch_run / "two" / "pretrain")
+    assert shell and all(abs(shell[s] - two[s]) <= TOLERANCE for s in shell)
+
+
+def test_split_batch_keeps_the_global_batch():
+    assert runs.split_batch(32, None, 1) == (32, 1)
+    assert runs.split_batch(32, 8, 1) == (8, 4)
+    assert runs.split_batch(32, 8, 2) == (8, 2)
+    assert runs.split_batch(32, 8, 4) == (8, 1)
+    assert runs.split_batch(32, 16, 4) == (8, 1)  # never more per pass than a process's share
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        runs.split_batch(30, None, 4)
+    with pytest.raises(ValueError, match="micro_batch_size 3"):
+        runs.split_batch(16, 3, 2)
+
+
+def test_accelerate_config_files_load_and_name_their_command():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {"single_gpu": ("NO", None), "multi_gpu": ("MULTI_GPU", None), "fsdp": ("FSDP", None),
+                "deepspeed_zero2": ("DEEPSPEED", 2), "deepspeed_zero3": ("DEEPSPEED", 3),
+                "multi_node": ("MULTI_GPU", None)}
+    folder = ROOT / "configs" / "accelerate"
+    assert sorted(p.stem for p in folder.glob("*.yaml")) == sorted(expected)
+    for name, (kind, zero) in expected.items():
+        path = folder / f"{name}.yaml"
+        config = load_config_from_file(str(path))
+        assert config.distributed_type.value == kind, name
+        assert config.mixed_precision == "bf16", name
+        if zero:
+            assert config.deepspeed_config["zero_stage"] == zero
+        assert f"accelerate launch --config_file configs/accelerate/{name}.yaml" in path.read_text(), name
+    assert load_config_from_file(str(folder / "multi_node.yaml")).num_machines == 2
+    assert load_config_from_file(str(folder / "fsdp.yaml")).fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == \
+        "LlamaDecoderLayer"
