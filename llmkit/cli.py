@@ -333,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     timings: dict[str, float | None] = {}
     try:
-        for stage in stages:
+        for i, stage in enumerate(stages, 1):
+            if len(stages) > 1 and not args.quiet and runs.is_main_process():
+                print(f"== stage {i}/{len(stages)}: {stage} ==", flush=True)
             start = time.perf_counter()
             result = run_stage(stage, args)
             took = time.perf_counter() - start

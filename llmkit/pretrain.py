@@ -4,7 +4,8 @@
     bits per byte = loss · (tokens / bytes) / ln 2
 
 The loop is the classic one (nanoGPT's), run through accelerate so that the same code uses a CPU, one GPU
-or many: AdamW (β = 0.9, 0.95; weight decay on matrices only), linear warmup then cosine decay to
+or many: AdamW (β = 0.9, 0.95; weight decay on the transformer's matrices, not on norms or embeddings: 1.0
+on the tiny preset, 0.1 on the others), linear warmup then cosine decay to
 `min_lr_ratio` of the peak, gradient clipping, gradient accumulation so that the global batch stays the
 same whatever the number of devices, bf16 autocast and optional `torch.compile` on GPU.
 
@@ -58,7 +59,7 @@ class PretrainConfig:
     learning_rate: float | None = None
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
+    weight_decay: float | None = None  # None: the preset's (llmkit.model.PRESETS: 1.0 for tiny, else 0.1)
     grad_clip: float = 1.0
     eval_every: int = 100
     eval_sequences: int = 64
@@ -116,9 +117,14 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
     micro, accumulation = runs.split_batch(batch, config.micro_batch_size, world_size, PretrainError)
     lr = config.learning_rate or preset.learning_rate
 
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+    # Weight decay on the transformer's matrices only: not on norms, and not on the token embeddings (tied to
+    # the output layer), where it shrinks every token's vector and flattens the output distribution — sampled
+    # answers then run on past the end of turn (measured: 23 % instead of 100 % ending with EOS at T = 0.7).
+    embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embeddings]
+    no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in embeddings]
+    weight_decay = config.weight_decay if config.weight_decay is not None else preset.weight_decay
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95),
                                   fused=accelerator.device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
@@ -197,6 +203,7 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
                    for p, c in zip(prompts, greedy_continuations(model, tokenizer, prompts, max_new_tokens=24))]
         log({"step": config.max_steps, "samples": samples})
         metrics = _final_metrics(work / "log.jsonl", model, seq_len, n_flops, peak)
+        metrics.update(learning_rate=lr, weight_decay=weight_decay, batch_size=batch)
         metrics["samples"] = samples
         if closed_world:
             fc = fact_completion(model, tokenizer)
@@ -361,7 +368,7 @@ def _preset(config: PretrainConfig):
     if config.depth:
         from llmkit.model import ModelPreset
 
-        preset = ModelPreset(config.depth, preset.seq_len, preset.batch_size)
+        preset = ModelPreset(config.depth, preset.seq_len, preset.batch_size, preset.weight_decay)
     return preset
 
 
