@@ -65,7 +65,7 @@ def chat(p, run_dir: Path, work: Path, prompt: str, models: list[str]) -> None:
         server.kill()
 
 
-def annotate(p, run_dir: Path, work: Path) -> None:
+def annotate(p, work: Path) -> None:
     items = work / "items.jsonl"
     shutil.copy(ROOT / "data_samples" / "preferences_eval.jsonl", items)
     server = Server(["label", "--run-dir", str(work), "--items", str(items), "--labels", str(work / "labels.jsonl"),
@@ -117,11 +117,7 @@ def lab_output(p, work: Path, cells: list[str], out_name: str, timeout: float = 
         time.sleep(5)  # the kernel starts
         page.get_by_text("Run", exact=True).first.click()
         page.get_by_text("Run All Cells", exact=True).first.click()
-        try:
-            page.wait_for_selector(".jp-OutputArea-output:has-text('SHOT-READY')", timeout=timeout * 1000)
-        except Exception:
-            page.screenshot(path=str(work.parent / f"failed-{out_name}"), full_page=True)
-            raise
+        page.wait_for_selector(".jp-OutputArea-output:has-text('SHOT-READY')", timeout=timeout * 1000)
         time.sleep(3)
         cell = page.locator(".jp-Notebook .jp-Cell").nth(len(cells))
         cell.scroll_into_view_if_needed()
@@ -166,7 +162,7 @@ def main() -> None:
         if "chat" in shots:
             chat(p, Path(args.run_dir).resolve(), work, f"Where was {person} born?", args.models.split(","))
         if "annotate" in shots:
-            annotate(p, Path(args.run_dir).resolve(), work)
+            annotate(p, work)
         data_dir = str(Path(args.run_dir).resolve() / "data")
         if "inspector" in shots:
             lab_output(p, work, [INSPECTOR.format(data=data_dir)], "inspector.png")

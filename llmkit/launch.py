@@ -29,7 +29,6 @@ from pathlib import Path
 
 from llmkit import runs
 
-TRAINING_STAGES = ("pretrain", "sft", "lora", "reward", "grpo", "rloo", "dpo")
 MAIN_PROCESS_STAGES = ("data", "ppo")  # run by the main process while the others wait
 
 
@@ -56,7 +55,7 @@ def run_stage(stage: str, config, run_dir: str | Path, overwrite: bool = False, 
         result = runners[stage](config, run_dir, **kwargs) if runs.is_main_process() else None
         dist.barrier()
         if result is None:
-            name = getattr(config, "stage_name", None) or stage
+            name = _stage_name(stage, config)
             result = runs.StageResult(name, runs.stage_dir(run_dir, name), {})
         return result
     return runners[stage](config, run_dir, **kwargs)
@@ -68,8 +67,12 @@ def _stage_main(stage: str, config, run_dir: str, overwrite: bool, threads: int 
 
     if threads:
         torch.set_num_threads(threads)
-    progress = int(os.environ.get("RANK", "0")) == 0
-    run_stage(stage, config, run_dir, overwrite=overwrite, progress=progress)
+    run_stage(stage, config, run_dir, overwrite=overwrite, progress=runs.is_main_process())
+
+
+def _stage_name(stage: str, config) -> str:
+    """The run folder the stage writes: its config's stage_name, else "lora" for LoRA SFT, else the stage."""
+    return getattr(config, "stage_name", None) or ("lora" if stage in ("sft", "lora") and config.lora else stage)
 
 
 def launch(stage: str, config, run_dir: str | Path, num_processes: int = 2, overwrite: bool = False,
@@ -103,7 +106,7 @@ def launch(stage: str, config, run_dir: str | Path, num_processes: int = 2, over
                           mixed_precision=mixed_precision)
     if num_processes > 1:
         AcceleratorState._reset_state(reset_partial_state=True)  # what the forked processes did is not ours
-    name = getattr(config, "stage_name", None) or ("lora" if stage in ("sft", "lora") and config.lora else stage)
+    name = _stage_name(stage, config)
     final = runs.stage_dir(run_dir, name)
     if not runs.finished(final):
         raise LaunchError(f"the launched {stage} stage did not finish: no {final / 'metrics.json'} (see the output above)")

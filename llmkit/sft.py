@@ -55,7 +55,6 @@ class SFTConfig:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     packing: bool | None = None  # None: on only where padding-free attention exists (CUDA + FlashAttention)
-    neftune_noise_alpha: float | None = None  # NEFTune: uniform noise on the input embeddings while training
     freeze_embeddings: bool = True  # full SFT: keep the (tied) token embeddings fixed — measured: held-out QA 0.27 vs 0.05
     lora: bool = False
     lora_r: int = 8
@@ -119,7 +118,6 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
         logging_steps=max(1, config.eval_every // 5), save_strategy="no", report_to=[], seed=config.seed,
         data_seed=config.seed, use_cpu=not cuda, bf16=_bf16(config), fp16=config.mixed_precision == "fp16",
         gradient_checkpointing=False, disable_tqdm=not progress, dataloader_num_workers=0,
-        neftune_noise_alpha=config.neftune_noise_alpha,
     )
     peft_config = None
     if config.lora:
