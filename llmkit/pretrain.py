@@ -54,7 +54,7 @@ class PretrainConfig:
     text_field: str | None = None  # for jsonl/parquet text data
     seq_len: int | None = None  # tokens per training row (default: the preset's); documents are re-packed
     batch_size: int | None = None  # sequences per optimizer step, over all devices
-    micro_batch_size: int | None = None  # sequences per forward pass on one device
+    micro_batch_size: int | None = None  # sequences per forward pass on one device (default: the preset's)
     max_steps: int = 1100  # the tiny preset's 4-minute budget on 2 CPU cores
     learning_rate: float | None = None
     warmup_steps: int = 30
@@ -114,7 +114,8 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
 
     world_size = accelerator.num_processes
     batch = config.batch_size or preset.batch_size
-    micro, accumulation = runs.split_batch(batch, config.micro_batch_size, world_size, PretrainError)
+    micro, accumulation = runs.split_batch(batch, config.micro_batch_size or preset.micro_batch_size,
+                                           world_size, PretrainError)
     lr = config.learning_rate or preset.learning_rate
 
     # Weight decay on the transformer's matrices only: not on norms, and not on the token embeddings (tied to
@@ -366,9 +367,9 @@ def _preset(config: PretrainConfig):
         raise PretrainError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
     preset = PRESETS[config.preset]
     if config.depth:
-        from llmkit.model import ModelPreset
+        import dataclasses
 
-        preset = ModelPreset(config.depth, preset.seq_len, preset.batch_size, preset.weight_decay)
+        preset = dataclasses.replace(preset, depth=config.depth)
     return preset
 
 

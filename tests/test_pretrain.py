@@ -148,3 +148,10 @@ def test_continued_pretraining_from_a_local_checkpoint(tmp_path, smoke_data):
     with pytest.raises(PretrainError, match="not a local transformers model folder"):
         pretrain.run(pretrain.PretrainConfig(**{**SMALL, "base_model": str(tmp_path / "nowhere")}),
                      tmp_path / "third", progress=False)
+
+
+def test_a_depth_override_keeps_the_presets_other_settings():
+    gpt2 = pretrain._preset(pretrain.PretrainConfig(preset="gpt2", depth=2))
+    assert (gpt2.depth, gpt2.seq_len, gpt2.batch_size, gpt2.micro_batch_size, gpt2.weight_decay) == (2, 1024, 256, 32, 0.1)
+    tiny = pretrain._preset(pretrain.PretrainConfig(preset="tiny", depth=2))
+    assert (tiny.depth, tiny.micro_batch_size, tiny.weight_decay) == (2, None, 1.0)
