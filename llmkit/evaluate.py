@@ -90,7 +90,9 @@ def chat_generate(model, tokenizer, conversations: list, max_new_tokens: int = 4
     """Answer each conversation (a user prompt string or a list of messages) through the chat template.
 
     Generation stops at EOS (`<|im_end|>` for llmkit's tokenizer). Returns, per conversation,
-    {"text": answer without special tokens, "ended": whether it stopped at EOS, "tokens": answer length}."""
+    {"text": answer without special tokens, "ended": whether it stopped at EOS, "tokens": answer length,
+    "eos_probability": the model's probability of EOS where the answer ended (None if it did not)}. Greedy
+    answers can end while that probability is low: the model then rarely stops there when sampled."""
     eos = tokenizer.eos_token_id
     out: list[dict] = []
     with generation_mode(model, tokenizer) as device:
@@ -100,20 +102,23 @@ def chat_generate(model, tokenizer, conversations: list, max_new_tokens: int = 4
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                  temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
-            for row in gen[:, enc["input_ids"].shape[1]:].tolist():
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
+                                 return_dict_in_generate=True, output_logits=True)
+            for j, row in enumerate(gen.sequences[:, enc["input_ids"].shape[1]:].tolist()):
                 ended = eos in row
-                row = row[: row.index(eos)] if ended else [t for t in row if t != tokenizer.pad_token_id]
+                end = row.index(eos) if ended else None
+                row = row[:end] if ended else [t for t in row if t != tokenizer.pad_token_id]
+                p_eos = float(gen.logits[end][j].float().softmax(-1)[eos]) if ended else None
                 out.append({"text": tokenizer.decode(row, skip_special_tokens=True).strip(), "ended": ended,
-                            "tokens": len(row)})
+                            "tokens": len(row), "eos_probability": p_eos})
     return out
 
 
 def qa_accuracy(model, tokenizer, rows: list[dict], oracle=None, max_new_tokens: int = 48) -> dict:
     """Closed-world QA through the chat template: `rows` hold a `prompt` (a question); the oracle judges each answer.
 
-    Returns accuracy, format adherence (the answer ended with EOS within `max_new_tokens`), mean oracle score,
-    and a few examples."""
+    Returns accuracy, format adherence (the answer ended with EOS within `max_new_tokens`), the mean probability
+    of EOS where the answers ended, mean oracle score, and a few examples."""
     from llmkit.oracle import Oracle
 
     oracle = oracle or Oracle()
@@ -121,7 +126,9 @@ def qa_accuracy(model, tokenizer, rows: list[dict], oracle=None, max_new_tokens:
     verdicts = [oracle.judge(r["prompt"], a["text"]) for r, a in zip(rows, answers)]
     correct = [v.correct >= 1.0 for v in verdicts]  # what Oracle.is_correct asks
     n = max(1, len(rows))
+    ends = [a["eos_probability"] for a in answers if a["ended"]]
     return {"accuracy": sum(correct) / n, "format_ok": sum(a["ended"] for a in answers) / n,
+            "eos_probability": sum(ends) / len(ends) if ends else 0.0,
             "oracle_score": sum(v.score for v in verdicts) / n,
             "examples": [{"prompt": r["prompt"], "answer": a["text"], "correct": c, "expected": r.get("answer")}
                          for r, a, c in list(zip(rows, answers, correct))[:8]]}

@@ -43,10 +43,17 @@ def test_full_sft_run_writes_a_chat_checkpoint_and_its_measurements(base_model, 
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert "{% generation %}" in tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
     m = result.metrics
-    for key in ("qa_heldout", "qa_trained", "base_qa_heldout", "base_qa_trained", "format_ok_heldout", "eval_loss"):
+    for key in ("qa_heldout", "qa_trained", "base_qa_heldout", "base_qa_trained", "format_ok_heldout", "eval_loss",
+                "eos_probability_heldout"):
         assert 0 <= m[key] <= (1 if "qa" in key or "format" in key else 100), key
-    embedding = model.get_input_embeddings().weight.numel()  # frozen by default (tied to the output layer)
-    assert m["method"] == "full" and m["trainable_params"] == m["total_params"] - embedding and m["steps"] == 6
+    # The embeddings (tied to the output layer) stay frozen by default, except the chat tokens' rows
+    weight = model.get_input_embeddings().weight
+    chat = sft.chat_token_ids(tokenizer)
+    assert tokenizer.convert_ids_to_tokens(chat) == ["<|im_start|>", "<|im_end|>"]
+    assert m["method"] == "full" and m["steps"] == 6
+    assert m["trainable_params"] == m["total_params"] - weight.numel() + len(chat) * weight.shape[1]
+    _assert_only_rows_changed(weight, AutoModelForCausalLM.from_pretrained(base_model).get_input_embeddings().weight,
+                              chat)
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     evals = [r["val_loss"] for r in log if "val_loss" in r]
     assert len(evals) >= 2 and evals[-1] < evals[0]  # it learned something from the conversations
@@ -64,15 +71,55 @@ def test_lora_trains_a_few_percent_and_merges_to_the_same_logits(base_model, tmp
     assert out == tmp_path / "lora" and m["method"] == "lora"
     base = AutoModelForCausalLM.from_pretrained(base_model)
     linears = [mod for name, mod in base.named_modules() if isinstance(mod, torch.nn.Linear) and "lm_head" not in name]
-    assert m["trainable_params"] == sum(8 * (x.in_features + x.out_features) for x in linears)  # r·(in+out) each
+    chat = sft.chat_token_ids(AutoTokenizer.from_pretrained(out))
+    width = base.get_input_embeddings().weight.shape[1]
+    lora_params = sum(8 * (x.in_features + x.out_features) for x in linears)  # r·(in+out) each
+    assert m["trainable_params"] == lora_params + len(chat) * width  # and the chat tokens' embedding rows
     assert m["trainable_fraction"] < 0.06  # 2 layers, width 128; the tiny preset trains under 5 %
     merged = AutoModelForCausalLM.from_pretrained(out)  # a plain checkpoint: no peft needed to load it
     adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), out / "adapter")
     ids = AutoTokenizer.from_pretrained(out)("Where was Ada born?", return_tensors="pt").input_ids
     with torch.no_grad():
         a, b, c = merged(ids).logits, adapter(ids).logits, base(ids).logits
-    assert torch.allclose(a, b, atol=1e-4)
+    others = [i for i in range(a.shape[-1]) if i not in chat]  # the adapter folder lacks the chat tokens' rows
+    assert torch.allclose(a[..., others], b[..., others], atol=1e-4)
     assert not torch.allclose(a, c, atol=1e-4)  # the adapter changed the model
+    _assert_only_rows_changed(merged.get_input_embeddings().weight, base.get_input_embeddings().weight, chat)
+
+
+def test_chat_generate_reports_the_probability_of_eos_where_an_answer_ended(base_model, tmp_path):
+    from llmkit.evaluate import chat_generate
+
+    result = sft.run(sft.SFTConfig(base_model=str(base_model), **FAST), tmp_path, progress=False)
+    model = AutoModelForCausalLM.from_pretrained(result.output_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(result.output_dir)
+    prompts = ["Where was Ada born?", "Tell me about Elmford."]
+    answers = chat_generate(model, tokenizer, prompts, max_new_tokens=64)
+    assert any(a["ended"] for a in answers)
+    for prompt, answer in zip(prompts, answers):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=True)["input_ids"]
+        ids = ids + tokenizer(answer["text"], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            p_eos = model(torch.tensor([ids])).logits[0, -1].softmax(-1)[tokenizer.eos_token_id].item()
+        if answer["ended"]:
+            assert answer["eos_probability"] == pytest.approx(p_eos, abs=1e-4)
+        else:
+            assert answer["eos_probability"] is None
+
+
+def _assert_only_rows_changed(after: torch.Tensor, before: torch.Tensor, rows: list[int]) -> None:
+    changed = (after - before).abs().amax(dim=1) > 0
+    assert changed.nonzero().flatten().tolist() == rows
+
+
+def test_with_weight_decay_the_frozen_embedding_rows_still_do_not_move(base_model, tmp_path):
+    result = sft.run(sft.SFTConfig(base_model=str(base_model), weight_decay=0.5, learning_rate=1e-2, **FAST),
+                     tmp_path, progress=False)
+    model = AutoModelForCausalLM.from_pretrained(result.output_dir)
+    chat = sft.chat_token_ids(AutoTokenizer.from_pretrained(result.output_dir))
+    _assert_only_rows_changed(model.get_input_embeddings().weight,
+                              AutoModelForCausalLM.from_pretrained(base_model).get_input_embeddings().weight, chat)
 
 
 def test_missing_base_or_chat_template_is_a_clear_error_and_writes_nothing(base_model, tmp_path):
