@@ -93,5 +93,9 @@ def plot_rl_log(rows: list[dict], fig=None):
 
 def save_curves(folder: str | Path) -> None:
     """Draw FOLDER/log.jsonl into FOLDER/curves.png (what every training stage leaves in its folder)."""
+    import matplotlib.pyplot as plt
+
     folder = Path(folder)
-    plot_training_log(folder / "log.jsonl").savefig(folder / "curves.png", dpi=100)
+    fig = plot_training_log(folder / "log.jsonl")
+    fig.savefig(folder / "curves.png", dpi=100)
+    plt.close(fig)  # pyplot keeps every figure it made open: a notebook that runs many stages would collect them
