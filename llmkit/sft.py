@@ -171,14 +171,14 @@ def freeze_embeddings_except(embedding, token_ids: list[int]):
     mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
     mask[token_ids] = 1.0
     weight.requires_grad_(True)
-    weight.register_hook(lambda grad: grad * mask.to(grad.dtype))
+    weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))
     weight.trained_rows = len(token_ids)
     frozen = weight.detach().clone()
 
     class KeepFrozenRows(TrainerCallback):
         def on_optimizer_step(self, args, state, control, **kwargs):
             with torch.no_grad():
-                weight.copy_(torch.where(mask.bool(), weight, frozen.to(weight.dtype)))
+                weight.copy_(torch.where(mask.to(weight.device).bool(), weight, frozen.to(weight.device, weight.dtype)))
 
     return KeepFrozenRows()
 
