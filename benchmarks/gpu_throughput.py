@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from llmkit import pretrain
-from llmkit.model import PRESETS, build_model, flops_per_token, llama_config, parameter_counts
+from llmkit.model import PRESETS, build_model, flops_per_token, parameter_counts
 from llmkit.tokenizer import load_tokenizer
 
 GPT2_VOCAB = 50304  # GPT-2's 50257 rounded up to a multiple of 64, as nanoGPT does
@@ -34,14 +34,7 @@ GPU_BATCH = {"tiny": (256, 256), "small": (64, 64), "gpt2": (256, 32)}  # (seque
 
 
 def make_model(preset: str, tokenizer):
-    from transformers import LlamaForCausalLM
-
-    depth = PRESETS[preset].depth
-    if preset != "gpt2":
-        return build_model(depth, tokenizer)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(llama_config(depth, GPT2_VOCAB, bos_token_id=tokenizer.bos_token_id,
-                                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    return build_model(PRESETS[preset].depth, tokenizer, vocab_size=GPT2_VOCAB if preset == "gpt2" else None)
 
 
 def sync(device: torch.device) -> None:
@@ -77,11 +70,10 @@ def plain_loop(model, blocks: torch.Tensor, batch: int, micro: int, steps: int, 
     return steps * batch * blocks.shape[1] / (time.perf_counter() - start)
 
 
-def measure(preset: str, run_dir: Path, steps: int, compile: bool, nominal: float, measured: float,
-            device: torch.device) -> dict:
+def measure(preset: str, run_dir: Path, batch: int, micro: int, steps: int, compile: bool, nominal: float,
+            measured: float, device: torch.device) -> dict:
     tokenizer = load_tokenizer(run_dir / "data" / "tokenizer")
     seq = PRESETS[preset].seq_len
-    batch, micro = GPU_BATCH[preset]
     from datasets import load_from_disk
 
     stream = torch.tensor(load_from_disk(str(run_dir / "data" / "blocks"))["train"]["input_ids"]).flatten()
@@ -128,7 +120,6 @@ def main() -> None:
     if args.cpu_dry_run:
         device, name = torch.device("cpu"), "CPU (dry run)"
         nominal = measured = pretrain.measure_matmul_flops(device, torch.bfloat16, n=512, seconds=0.2)
-        GPU_BATCH.update(dict.fromkeys(GPU_BATCH, (4, 2)))
     elif not torch.cuda.is_available():
         raise SystemExit("gpu_throughput.py needs a CUDA GPU; on a CPU use benchmarks/pretrain_throughput.py")
     else:
@@ -139,12 +130,11 @@ def main() -> None:
     head = (f"{name}, torch {torch.__version__}; nominal dense bf16 peak {nominal / 1e12:.0f} TFLOP/s, measured "
             f"bf16 8192² matmul {measured / 1e12:.0f} TFLOP/s")
     print(head, flush=True)
-    if args.micro:
-        for preset, (batch, _) in GPU_BATCH.items():
-            GPU_BATCH[preset] = (batch, args.micro)
     rows = []
     for preset in args.presets:
-        row = measure(preset, Path(args.run_dir), args.steps, args.compile, nominal, measured, device)
+        batch, micro = (4, 2) if args.cpu_dry_run else GPU_BATCH[preset]
+        row = measure(preset, Path(args.run_dir), batch, args.micro or micro, args.steps, args.compile, nominal,
+                      measured, device)
         row.update(device=name, nominal_peak=nominal, measured_peak=measured)
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -86,13 +86,15 @@ def fact_completion(model, tokenizer, world: W.World | None = None, people: list
 
 # ---- chat models --------------------------------------------------------------------------------
 def chat_generate(model, tokenizer, conversations: list, max_new_tokens: int = 48, batch_size: int = 64,
-                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> list[dict]:
+                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                  eos_probability: bool = False) -> list[dict]:
     """Answer each conversation (a user prompt string or a list of messages) through the chat template.
 
     Generation stops at EOS (`<|im_end|>` for llmkit's tokenizer). Returns, per conversation,
     {"text": answer without special tokens, "ended": whether it stopped at EOS, "tokens": answer length,
-    "eos_probability": the model's probability of EOS where the answer ended (None if it did not)}. Greedy
-    answers can end while that probability is low: the model then rarely stops there when sampled."""
+    "eos_probability": with `eos_probability=True`, the model's probability of EOS where the answer ended (else,
+    or if it did not end, None)}. Greedy answers can end while that probability is low: the model then rarely
+    stops there when sampled. Asking for it keeps every step's logits until the batch is done."""
     eos = tokenizer.eos_token_id
     out: list[dict] = []
     with generation_mode(model, tokenizer) as device:
@@ -103,12 +105,12 @@ def chat_generate(model, tokenizer, conversations: list, max_new_tokens: int = 4
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                  temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
-                                 return_dict_in_generate=True, output_logits=True)
+                                 return_dict_in_generate=True, output_logits=eos_probability)
             for j, row in enumerate(gen.sequences[:, enc["input_ids"].shape[1]:].tolist()):
                 ended = eos in row
                 end = row.index(eos) if ended else None
                 row = row[:end] if ended else [t for t in row if t != tokenizer.pad_token_id]
-                p_eos = float(gen.logits[end][j].float().softmax(-1)[eos]) if ended else None
+                p_eos = float(gen.logits[end][j].float().softmax(-1)[eos]) if ended and eos_probability else None
                 out.append({"text": tokenizer.decode(row, skip_special_tokens=True).strip(), "ended": ended,
                             "tokens": len(row), "eos_probability": p_eos})
     return out
@@ -122,7 +124,7 @@ def qa_accuracy(model, tokenizer, rows: list[dict], oracle=None, max_new_tokens:
     from llmkit.oracle import Oracle
 
     oracle = oracle or Oracle()
-    answers = chat_generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
+    answers = chat_generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, eos_probability=True)
     verdicts = [oracle.judge(r["prompt"], a["text"]) for r, a in zip(rows, answers)]
     correct = [v.correct >= 1.0 for v in verdicts]  # what Oracle.is_correct asks
     n = max(1, len(rows))

@@ -65,12 +65,14 @@ def llama_config(depth: int, vocab_size: int, max_position_embeddings: int = 204
     return LlamaConfig(**cfg)
 
 
-def build_model(depth: int, tokenizer, max_position_embeddings: int = 2048, seed: int = 0, **overrides):
-    """A freshly initialised LlamaForCausalLM sized by `depth`, matched to `tokenizer`'s vocabulary."""
+def build_model(depth: int, tokenizer, max_position_embeddings: int = 2048, seed: int = 0,
+                vocab_size: int | None = None, **overrides):
+    """A freshly initialised LlamaForCausalLM sized by `depth`, matched to `tokenizer`'s vocabulary (or to a larger
+    `vocab_size`, whose extra rows the tokenizer never uses)."""
     import torch
     from transformers import LlamaForCausalLM
 
-    config = llama_config(depth, len(tokenizer), max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
+    config = llama_config(depth, vocab_size or len(tokenizer), max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **overrides)
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)

@@ -127,22 +127,19 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
 
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
-    keep_rows = None
-    if config.freeze_embeddings and not config.lora:
-        # Full SFT otherwise rewrites the embeddings of the names it trains on (tied to the output layer), and
-        # the path from a name to the facts pretraining stored is lost for everyone else.
-        keep_rows = freeze_embeddings_except(model.get_input_embeddings(), chat_token_ids(tokenizer))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                          eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
                          peft_config=peft_config, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # llmkit writes log.jsonl and the monitor shows it
-    if config.lora:
-        # The chat tokens' rows train beside the adapters, as in full SFT. (peft's own trainable_token_indices
-        # breaks TRL's fused LM head, which reads the tied head's weight and bias directly.) They end up in the
-        # merged model; the adapter folder alone does not carry them.
+    if config.freeze_embeddings or config.lora:
+        # Full SFT otherwise rewrites the embeddings of the names it trains on (tied to the output layer), and
+        # the path from a name to the facts pretraining stored is lost for everyone else. The chat tokens' rows
+        # train, beside the adapters too (peft's own trainable_token_indices breaks TRL's fused LM head, which
+        # reads the tied head's weight and bias directly); they end up in the merged model, not in adapter/.
+        # Done after peft has wrapped the model and before train() builds the optimizer.
         keep_rows = freeze_embeddings_except(trainer.model.get_input_embeddings(), chat_token_ids(tokenizer))
-    if keep_rows is not None:
-        trainer.add_callback(keep_rows)
+        if keep_rows is not None:
+            trainer.add_callback(keep_rows)
     return trainer
 
 
@@ -168,17 +165,24 @@ def freeze_embeddings_except(embedding, token_ids: list[int]):
     if not token_ids:
         weight.requires_grad_(False)
         return None
-    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-    mask[token_ids] = 1.0
     weight.requires_grad_(True)
-    weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))
     weight.trained_rows = len(token_ids)
-    frozen = weight.detach().clone()
+    # The mask and the frozen copy follow the weight when the trainer moves it (to a GPU): moved once, not per step.
+    held = {"mask": torch.zeros(weight.shape[0], 1, dtype=weight.dtype), "frozen": weight.detach().clone()}
+    held["mask"][token_ids] = 1.0
+
+    def on(device) -> dict:
+        if held["mask"].device != device:
+            held.update(mask=held["mask"].to(device), frozen=held["frozen"].to(device))
+        return held
+
+    weight.register_hook(lambda grad: grad * on(grad.device)["mask"].to(grad.dtype))
 
     class KeepFrozenRows(TrainerCallback):
         def on_optimizer_step(self, args, state, control, **kwargs):
+            rows = on(weight.device)
             with torch.no_grad():
-                weight.copy_(torch.where(mask.to(weight.device).bool(), weight, frozen.to(weight.device, weight.dtype)))
+                weight.copy_(torch.where(rows["mask"].bool(), weight, rows["frozen"].to(weight.dtype)))
 
     return KeepFrozenRows()
 

@@ -94,7 +94,7 @@ def test_chat_generate_reports_the_probability_of_eos_where_an_answer_ended(base
     model = AutoModelForCausalLM.from_pretrained(result.output_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(result.output_dir)
     prompts = ["Where was Ada born?", "Tell me about Elmford."]
-    answers = chat_generate(model, tokenizer, prompts, max_new_tokens=64)
+    answers = chat_generate(model, tokenizer, prompts, max_new_tokens=64, eos_probability=True)
     assert any(a["ended"] for a in answers)
     for prompt, answer in zip(prompts, answers):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
