@@ -114,6 +114,21 @@ class Oracle:
     def score(self, prompt, answer: str) -> float:
         return self.judge(prompt, answer).score
 
+    def flaw(self, prompt, answer: str) -> str:
+        """The answer's first flaw by the hidden rule: evasive, rude, rambling, off-topic (about somebody else),
+        wrong — or "right". Sorting preference pairs by the flaws of their two sides shows what a reward model
+        can see in the text (style) and what takes knowing the facts."""
+        v = self.judge(prompt, answer)
+        if v.evasive:
+            return "evasive"
+        if not v.polite:
+            return "rude"
+        if not v.concise:
+            return "rambling"
+        if v.off_topic:
+            return "off-topic"
+        return "right" if v.correct >= 1 else "wrong"
+
     def is_correct(self, prompt, answer: str) -> bool:
         return self.judge(prompt, answer).correct >= 1.0
 

@@ -6,8 +6,23 @@ the rendered conversation) and learns from pairs where people preferred one answ
     loss = − mean over pairs of log σ( r(prompt, chosen) − r(prompt, rejected) )
 
 so only differences of scores mean anything. A small `center_rewards_coefficient` keeps the scores near zero.
-The result is a plain checkpoint folder, and `RewardModel.load(folder).score(prompts, responses)` is what RL
-and the chat app call.
+
+Two heads (`RewardConfig.head`):
+- "last_token": the classic one above, r = w · h_last.
+- "likelihood" (default): the classic head plus what the SFT model itself knows, token by token:
+
+      r(prompt, answer) = w · h_last  +  Σ over answer tokens t of  g_t · log p_SFT(token_t | before it)
+
+  where log p_SFT comes from a frozen copy of the SFT model (the *reference*) and g_t = softplus(gate(h_t)) ≥ 0
+  is a weight the RM learns per position. A token the SFT model finds surprising — a wrong birth year, a town
+  it never saw with this person — costs reward where the gate says that position matters. A last-token head
+  alone has to carry that fact check through its final hidden state, which a small model does badly: on the
+  closed world it judged style pairs perfectly but right-vs-wrong facts at 0.6–0.7 (pairwise accuracy 0.80,
+  the likelihood head 0.96; BENCHMARKS.md).
+
+The result is a checkpoint folder (the classifier as a plain transformers model; for the likelihood head also
+`reference/` and the gate), and `RewardModel.load(folder).score(prompts, responses)` is what RL and the chat
+app call.
 
 Training data: the bundled closed-world pairs (or any file in formats.PREFERENCE_FORMATS — explicit prompt,
 implicit prompt, Anthropic-HH transcripts) plus the labels people made in the annotation app
@@ -62,9 +77,16 @@ class RewardConfig:
     oracle_eval: bool | None = None  # None: on when training on the bundled closed-world data
     oracle_prompts: int = 100  # fresh SFT answers (two per prompt) to compare RM and oracle on
     mixed_precision: str = "auto"
+    head: str = "likelihood"  # likelihood (last-token head + gated SFT log-probs of the answer) or last_token
+    gate_bias: float = -2.0  # likelihood head: each token's weight starts at softplus(-2) = 0.13
     seed: int = 0
 
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise RewardError(f"head={self.head!r}: accepted heads are {', '.join(HEADS)}")
 
+
+HEADS = ("likelihood", "last_token")
 STEP_PRESETS = {"smoke": {"max_steps": 8, "eval_every": 4, "batch_size": 16, "oracle_prompts": 16,
                           "max_examples": 256}}
 
@@ -93,6 +115,8 @@ class RewardModel:
         model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True, dtype=torch.float32)
         if model.config.num_labels != 1:
             raise RewardError(f"{path}: a classifier with {model.config.num_labels} outputs, not a reward model (1)")
+        if (path / LikelihoodRewardModel.HEAD_FILE).exists():
+            model = LikelihoodRewardModel.load(path, model)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model.to(device).eval(), tokenizer)
 
@@ -116,6 +140,131 @@ class RewardModel:
             out += self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0].float().tolist()
         self.model.train(was_training)
         return out
+
+
+class LikelihoodRewardModel(torch.nn.Module):
+    """r = classifier(last token) + Σ over answer tokens of softplus(gate(h_t)) · log p_reference(token_t).
+
+    `classifier` is a transformers `...ForSequenceClassification` (trained), `reference` the frozen causal LM the
+    log-probabilities come from (a copy of the SFT model), `header_ids` the tokens the chat template puts before
+    an answer: the answer starts after the last occurrence of header_ids[0], len(header_ids) tokens on. (Prompt
+    tokens would cancel in a comparison of two answers to one prompt anyway; leaving them out keeps a single
+    answer's score about the answer.) TRL's RewardTrainer trains it like any reward model: it only calls
+    `model(input_ids=..., attention_mask=...).logits`."""
+
+    HEAD_FILE = "likelihood_head.json"
+    GATE_FILE = "likelihood_gate.safetensors"
+
+    def __init__(self, classifier, reference, header_ids: list[int], gate_bias: float = -2.0):
+        super().__init__()
+        if not hasattr(classifier, "score") or not header_ids:
+            raise RewardError("the likelihood head needs a classifier with a `score` layer (transformers' "
+                              "...ForSequenceClassification) and a chat template; use head='last_token'")
+        self.classifier, self.reference, self.header_ids = classifier, reference, list(header_ids)
+        for p in reference.parameters():
+            p.requires_grad_(False)
+        reference.eval()
+        self.gate = torch.nn.Linear(classifier.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.gate.weight)
+        torch.nn.init.constant_(self.gate.bias, gate_bias)
+
+    @property
+    def config(self):
+        return self.classifier.config
+
+    def add_model_tags(self, tags):  # TRL tags the model it trains
+        self.classifier.add_model_tags(tags)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.reference.eval()  # frozen: no dropout, whatever the trainer asks
+        return self
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        head, logp, weight, answer = self.parts(input_ids, attention_mask)
+        reward = head.float() + (weight * logp * answer).sum(1)
+        return SequenceClassifierOutput(logits=reward[:, None].to(head.dtype))
+
+    def parts(self, input_ids, attention_mask=None):
+        """(last-token head [rows], log p_reference of each token [rows, width-1], its weight, answer-token mask):
+        entry j of the last three is about the token at position j + 1."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        classifier = self.classifier.get_base_model() if hasattr(self.classifier, "peft_config") else self.classifier
+        h = classifier.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        rows, width = input_ids.shape
+        last = attention_mask.sum(1) - 1  # right padding, as TRL's collator and score() pad
+        head = classifier.score(h[torch.arange(rows, device=h.device), last]).squeeze(-1)
+        with torch.no_grad():
+            logits = self.reference(input_ids=input_ids, attention_mask=attention_mask).logits
+            logp = logits.float().log_softmax(-1)[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        pos = torch.arange(width, device=h.device)
+        starts = torch.where(input_ids == self.header_ids[0], pos, torch.full_like(pos, -1)).max(1).values
+        token_pos = pos[1:][None]  # logp[:, j] is the log-probability of the token at position j + 1
+        answer = (token_pos >= (starts + len(self.header_ids))[:, None]) & (token_pos <= last[:, None])
+        weight = torch.nn.functional.softplus(self.gate(h[:, :-1]).squeeze(-1).float())  # read before the token
+        return head, logp, weight, answer
+
+    def save_pretrained(self, folder: str | Path, **kwargs):
+        import json
+
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        self.classifier.save_pretrained(folder, **kwargs)
+        self.reference.save_pretrained(folder / "reference", **kwargs)
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.gate.state_dict().items()},
+                  folder / self.GATE_FILE)
+        (folder / self.HEAD_FILE).write_text(json.dumps({"header_ids": self.header_ids}) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path, classifier) -> LikelihoodRewardModel:
+        import json
+
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM
+
+        if not (folder / "reference" / "config.json").exists():
+            raise RewardError(f"{folder}: a likelihood reward model without its reference/ folder")
+        reference = AutoModelForCausalLM.from_pretrained(folder / "reference", local_files_only=True,
+                                                         dtype=torch.float32)
+        model = cls(classifier, reference, json.loads((folder / cls.HEAD_FILE).read_text())["header_ids"])
+        model.gate.load_state_dict(load_file(folder / cls.GATE_FILE))
+        return model
+
+    def merge_and_unload(self) -> LikelihoodRewardModel:
+        self.classifier = self.classifier.merge_and_unload()
+        return self
+
+
+def answer_header(tokenizer) -> list[int]:
+    """The tokens the chat template writes between a user turn and the assistant's answer."""
+    messages = [{"role": "user", "content": "x"}]
+    bare = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    with_header = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                                return_dict=True)["input_ids"]
+    if list(with_header[:len(bare)]) != list(bare):
+        return []
+    return list(with_header[len(bare):])
+
+
+def explain(rm: RewardModel, prompt, response: str) -> dict:
+    """Where a likelihood reward model's score comes from: the last-token head, and per answer token its
+    log-probability under the reference (the SFT model), the learned weight and their product. The head plus the
+    products is the score. A last-token reward model has only the head."""
+    ids = render(rm.tokenizer, prompt, response)
+    device = next(rm.model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    with torch.no_grad():
+        if not isinstance(rm.model, LikelihoodRewardModel):
+            head = rm.model(input_ids=input_ids).logits[0, 0].item()
+            return {"head": head, "tokens": [], "score": head}
+        head, logp, weight, answer = rm.model.parts(input_ids)
+    tokens = [{"token": rm.tokenizer.decode([ids[j + 1]]), "logp": logp[0, j].item(), "weight": weight[0, j].item(),
+               "reward": (weight[0, j] * logp[0, j]).item()} for j in range(len(ids) - 1) if answer[0, j]]
+    return {"head": head[0].item(), "tokens": tokens, "score": head[0].item() + sum(t["reward"] for t in tokens)}
 
 
 def render(tokenizer, prompt, response: str) -> list[int]:
@@ -211,6 +360,23 @@ def build_trainer(config: RewardConfig, tokenizer, base: Path, train_rows: list[
     finally:
         transformers_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules="all-linear", task_type="SEQ_CLS", modules_to_save=["score"])
+    if config.freeze_embeddings and not config.lora:
+        for p in model.get_input_embeddings().parameters():
+            p.requires_grad_(False)
+    if config.head == "likelihood":
+        from peft import get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        if peft_config is not None:  # peft wraps the classifier; TRL would try to wrap the whole reward model
+            model, peft_config = get_peft_model(model, peft_config), None
+        reference = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, dtype=torch.float32)
+        model = LikelihoodRewardModel(model, reference, answer_header(tokenizer), config.gate_bias)
     args = TRLConfig(
         output_dir=str(work / "trainer"), per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
         gradient_accumulation_steps=accumulation, num_train_epochs=config.epochs,
@@ -222,15 +388,6 @@ def build_trainer(config: RewardConfig, tokenizer, base: Path, train_rows: list[
         fp16=config.mixed_precision == "fp16", gradient_checkpointing=False, disable_tqdm=not progress,
         dataloader_num_workers=0,
     )
-    peft_config = None
-    if config.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                 target_modules="all-linear", task_type="SEQ_CLS", modules_to_save=["score"])
-    if config.freeze_embeddings and not config.lora:
-        for p in model.get_input_embeddings().parameters():
-            p.requires_grad_(False)
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                             eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
                             peft_config=peft_config, callbacks=list(callbacks))
@@ -246,6 +403,13 @@ def _train(config, base, tokenizer, train_rows, eval_rows, n_labels, final, work
     trainer = build_trainer(config, tokenizer, base, train_rows, eval_rows, work, progress, [log.trainer_callback()])
     kept = len(trainer.train_dataset)
     trainable, total = _parameter_counts(trainer.model)
+    if isinstance(trainer.model, LikelihoodRewardModel):
+        from accelerate.utils import DistributedType
+
+        if trainer.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise RewardError("the likelihood head is not supported under FSDP or DeepSpeed yet: use DDP "
+                              "(configs/accelerate/multi_gpu.yaml) or head='last_token'")
+        total -= sum(p.numel() for p in trainer.model.reference.parameters())  # the frozen copy is not the RM's
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
@@ -266,6 +430,7 @@ def _train(config, base, tokenizer, train_rows, eval_rows, n_labels, final, work
         "train_pairs_from_labels": n_labels, "eval_pairs": len(eval_rows), "steps": trainer.state.global_step,
         "train_seconds": train_seconds, "trainable_params": trainable, "total_params": total,
         "eval_accuracy": pairs["accuracy"], "eval_margin": pairs["margin"], "method": "lora" if config.lora else "full",
+        "head": config.head,
     }
     closed_world = config.oracle_eval if config.oracle_eval is not None else config.train_data is None
     if closed_world:

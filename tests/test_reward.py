@@ -72,6 +72,55 @@ def test_score_reads_the_last_real_token_whatever_the_padding(base_model, tmp_pa
         rm.score(["a", "b"], ["c"])
 
 
+def _likelihood_rm(base_model, gate_bias=-1.0):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    classifier = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
+    classifier.config.pad_token_id = tokenizer.pad_token_id
+    reference = AutoModelForCausalLM.from_pretrained(base_model)
+    model = reward.LikelihoodRewardModel(classifier, reference, reward.answer_header(tokenizer), gate_bias)
+    return reward.RewardModel(model.eval(), tokenizer), classifier, reference
+
+
+def test_likelihood_head_adds_the_references_log_probabilities_of_the_answer_tokens(base_model, tmp_path):
+    """r = last-token head + softplus(gate) · Σ log p_reference over the answer's tokens (its end-of-turn included,
+    the prompt and the assistant header not): checked against a direct forward pass of the reference, alone and
+    padded in a batch; and a saved likelihood reward model loads back with the same scores."""
+    from transformers import AutoTokenizer
+
+    rm, classifier, reference = _likelihood_rm(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    prompt, answer = "Where was Ada born?", "In Elmford."
+    prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
+                                               add_generation_prompt=True, return_dict=True)["input_ids"]
+    ids = reward.render(tokenizer, prompt, answer)
+    assert ids[:len(prompt_ids)] == list(prompt_ids) and len(ids) > len(prompt_ids) + 2
+    with torch.no_grad():
+        logp = reference(torch.tensor([ids])).logits[0].log_softmax(-1)
+        answer_logp = sum(logp[t - 1, ids[t]].item() for t in range(len(prompt_ids), len(ids)))
+        head = classifier(torch.tensor([ids])).logits[0, 0].item()
+    weight = torch.nn.functional.softplus(torch.tensor(-1.0)).item()  # the gate starts at its bias everywhere
+    expected = head + weight * answer_logp
+    alone = rm.score([prompt], [answer])[0]
+    batch = rm.score([prompt, "Tell me everything."], [answer, "A long answer " * 30])
+    assert alone == pytest.approx(expected, abs=1e-4) and batch[0] == pytest.approx(alone, abs=1e-4)
+    torch.nn.init.normal_(rm.model.gate.weight, std=0.5)  # a trained gate: per-token weights
+    trained = rm.score([prompt, "Who is Bo?"], [answer, "Bo is a baker."])
+    parts = reward.explain(rm, "Who is Bo?", "Bo is a baker.")  # where the score comes from, token by token
+    assert parts["score"] == pytest.approx(trained[1], abs=1e-4)
+    assert "".join(t["token"] for t in parts["tokens"]).startswith("Bo is a baker.<|im_end|>")
+    assert all(t["weight"] > 0 and t["logp"] <= 0 for t in parts["tokens"])
+    assert len({round(t["weight"], 6) for t in parts["tokens"]}) > 1
+    rm.model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    loaded = reward.RewardModel.load(tmp_path / "rm", "cpu")
+    assert isinstance(loaded.model, reward.LikelihoodRewardModel)
+    assert loaded.score([prompt, "Who is Bo?"], [answer, "Bo is a baker."]) == pytest.approx(trained, abs=1e-5)
+    assert not any(p.requires_grad for p in loaded.model.reference.parameters())
+
+
 def test_training_separates_polite_from_rude_answers(base_model, tmp_path):
     """A from-scratch model learns a preference it could not have known: its held-out pairwise accuracy rises
     from chance to near 1 in a few dozen steps."""
@@ -83,6 +132,26 @@ def test_training_separates_polite_from_rude_answers(base_model, tmp_path):
     assert "oracle_agreement" not in result.metrics  # not the closed world: no oracle
     assert result.metrics["eval_accuracy"] >= 0.95
     assert result.metrics["eval_margin"] > 1.0
+
+
+def test_lora_and_last_token_heads_train_and_load(base_model, tmp_path):
+    """LoRA on the likelihood head (peft wraps the classifier, merged at the end) and the classic last-token head
+    both write a folder RewardModel.load scores with, the same scores the stage wrote for its eval pairs."""
+    for head, lora in (("likelihood", True), ("last_token", False)):
+        run = tmp_path / head
+        result = reward.run(reward.RewardConfig(base_model=str(base_model), head=head, lora=lora, **FAST), run,
+                            progress=False)
+        m = result.metrics
+        assert m["head"] == head and m["method"] == ("lora" if lora else "full")
+        assert (m["trainable_params"] < m["total_params"] / 2) == lora
+        assert (result.output_dir / "reference" / "config.json").exists() == (head == "likelihood")
+        rm = reward.RewardModel.load(result.output_dir, "cpu")
+        assert isinstance(rm.model, reward.LikelihoodRewardModel) == (head == "likelihood")
+        first = json.loads((result.output_dir / "eval_scores.jsonl").read_text().splitlines()[0])
+        again = rm.score([first["prompt"]], [first["chosen"]])[0]
+        assert again == pytest.approx(first["score_chosen"], abs=1e-4)
+    with pytest.raises(reward.RewardError, match="head='sum': accepted heads are likelihood, last_token"):
+        reward.RewardConfig(head="sum")
 
 
 def test_hh_transcripts_run_end_to_end_and_bad_rows_name_their_line(base_model, tmp_path):

@@ -6,21 +6,25 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from llmkit.reward import LikelihoodRewardModel, answer_header
 from llmkit.rl import ppo, trl_methods
 
 
 @pytest.fixture(scope="module")
 def rl_run(base_model, tmp_path_factory):
-    """A run folder whose sft/ is the tiny base model and reward/ a (random-headed) reward model on it."""
+    """A run folder whose sft/ is the tiny base model and reward/ a (random-headed) likelihood reward model on it,
+    the stage's default kind (PPO starts its value model from the folder's classifier; GRPO and RLOO call it
+    through RewardModel.score). The chat app's fixture covers the last-token kind."""
     run = tmp_path_factory.mktemp("rl")
     (run / "sft").symlink_to(base_model, target_is_directory=True)
     tok = AutoTokenizer.from_pretrained(base_model)
     torch.manual_seed(0)
     rm = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
     rm.config.pad_token_id = tok.pad_token_id
-    rm.save_pretrained(run / "reward")
+    reference = AutoModelForCausalLM.from_pretrained(base_model)
+    LikelihoodRewardModel(rm, reference, answer_header(tok)).save_pretrained(run / "reward")
     tok.save_pretrained(run / "reward")
     return run
 

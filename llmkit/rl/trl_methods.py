@@ -86,7 +86,7 @@ def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path, prompts:
                   progress: bool = False, callbacks: tuple = ()):
     """The TRL trainer for `config.method`, set up for this machine (CPU or GPU) and llmkit's budget."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_callback import PrinterCallback
 
     cuda = torch.cuda.is_available()
@@ -105,8 +105,15 @@ def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path, prompts:
         trainer = DPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
                              callbacks=list(callbacks))
     else:
-        rm = AutoModelForSequenceClassification.from_pretrained(rm_dir, local_files_only=True, dtype=torch.float32)
-        rm_tokenizer = AutoTokenizer.from_pretrained(rm_dir, local_files_only=True)
+        from accelerate import PartialState
+
+        from llmkit.reward import RewardModel
+
+        rm = RewardModel.load(rm_dir, PartialState(cpu=not cuda).device)  # either head, on this process's device
+
+        def reward_model(prompts, completions, **_):  # TRL's custom-reward-function interface
+            return rm.score(prompts, [c[-1]["content"] if isinstance(c, list) else c for c in completions])
+
         dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p}] if isinstance(p, str) else p}
                                      for p in prompts])
         kwargs = dict(**common, per_device_train_batch_size=per_process, num_generations=config.num_generations,
@@ -117,8 +124,8 @@ def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path, prompts:
         else:
             from trl import RLOOConfig as Config
             from trl import RLOOTrainer as Trainer
-        trainer = Trainer(model=policy, reward_funcs=[rm], args=Config(**kwargs), train_dataset=dataset,
-                          processing_class=tokenizer, reward_processing_classes=[rm_tokenizer], callbacks=list(callbacks))
+        trainer = Trainer(model=policy, reward_funcs=[reward_model], args=Config(**kwargs), train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)
     return trainer, tokenizer
 
