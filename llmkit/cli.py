@@ -117,13 +117,15 @@ def _add_reward_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rm-epochs", type=float, help="passes over the pairs")
     g.add_argument("--rm-learning-rate", type=float, help="peak learning rate")
     g.add_argument("--rm-lora", action="store_true", help="train a LoRA adapter (then merged) instead of every weight")
+    g.add_argument("--rm-head", choices=reward.HEADS, help="likelihood (default: last-token head + the SFT model's "
+                   "weighted token log-probabilities) or last_token (the classic head alone)")
 
 
 def _reward_config(args: argparse.Namespace) -> reward.RewardConfig:
     overrides = {k: v for k, v in {
         "base_model": args.rm_base_model, "train_data": args.rm_data, "eval_data": args.rm_eval_data,
         "data_format": args.rm_format, "labels": args.labels, "epochs": args.rm_epochs,
-        "learning_rate": args.rm_learning_rate, "lora": args.rm_lora or None,
+        "learning_rate": args.rm_learning_rate, "lora": args.rm_lora or None, "head": args.rm_head,
     }.items() if v is not None}
     return reward.config_for(args.preset, **overrides)
 
@@ -131,7 +133,7 @@ def _reward_config(args: argparse.Namespace) -> reward.RewardConfig:
 def _add_ppo_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ppo stage")
     g.add_argument("--ppo-steps", type=int, help="PPO steps (one rollout batch each)")
-    g.add_argument("--kl-coef", type=float, help="KL penalty coefficient beta (default 0.05)")
+    g.add_argument("--kl-coef", type=float, help=f"KL penalty coefficient beta (default {ppo.PPOConfig.kl_coef})")
     g.add_argument("--target-kl", type=float, help="adapt beta toward this KL per sequence")
     g.add_argument("--kl-estimator", choices=["k1", "k3"], help="per-token KL estimator (default k1)")
     g.add_argument("--rl-prompts", help="prompts to optimise on: jsonl with a `prompt` (default: bundled RL prompts)")

@@ -54,6 +54,17 @@ def test_pretrain_help_lists_its_options():
         assert option in help_text
 
 
+def test_reward_options_reach_the_config():
+    from llmkit.cli import _reward_config
+
+    args = build_parser().parse_args(["reward", "--run-dir", "r", "--rm-head", "last_token", "--rm-lora", "--rm-epochs", "3"])
+    config = _reward_config(args)
+    assert (config.head, config.lora, config.epochs) == ("last_token", True, 3.0)
+    assert _reward_config(build_parser().parse_args(["reward", "--run-dir", "r"])).head == "likelihood"
+    help_text = build_parser()._subparsers._group_actions[0].choices["ppo"].format_help()
+    assert "(default 0.5)" in " ".join(help_text.split())  # the PPO default, not a stale copy of it
+
+
 def test_sft_without_a_base_model_exits_2_and_says_what_to_do(tmp_path, capsys):
     assert main(["sft", "--run-dir", str(tmp_path / "run"), "--lora", "--quiet"]) == 2
     err = capsys.readouterr().err
