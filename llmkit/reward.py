@@ -11,10 +11,10 @@ Two heads (`RewardConfig.head`):
 - "last_token": the classic one above, r = w · h_last.
 - "likelihood" (default): the classic head plus what the SFT model itself knows, token by token:
 
-      r(prompt, answer) = w · h_last  +  Σ over answer tokens t of  g_t · log p_SFT(token_t | before it)
+      r(prompt, answer) = w · h_last  +  Σ over answer tokens t of  g_t · max(log p_SFT(token_t | before it), −5)
 
   where log p_SFT comes from a frozen copy of the SFT model (the *reference*) and g_t = softplus(gate(h_t)) ≥ 0
-  is a weight the RM learns per position. A token the SFT model finds surprising — a wrong birth year, a town
+  is a weight the RM learns per position (the floor: see `LikelihoodRewardModel`). A token the SFT model finds surprising — a wrong birth year, a town
   it never saw with this person — costs reward where the gate says that position matters. A last-token head
   alone has to carry that fact check through its final hidden state, which a small model does badly: on the
   closed world it judged style pairs perfectly but right-vs-wrong facts at 0.6–0.7 (pairwise accuracy 0.80,
@@ -79,6 +79,7 @@ class RewardConfig:
     mixed_precision: str = "auto"
     head: str = "likelihood"  # likelihood (last-token head + gated SFT log-probs of the answer) or last_token
     gate_bias: float = -2.0  # likelihood head: each token's weight starts at softplus(-2) = 0.13
+    logp_floor: float = -5.0  # likelihood head: a token's log-probability counts down to here, no lower
     seed: int = 0
 
     def __post_init__(self):
@@ -143,24 +144,32 @@ class RewardModel:
 
 
 class LikelihoodRewardModel(torch.nn.Module):
-    """r = classifier(last token) + Σ over answer tokens of softplus(gate(h_t)) · log p_reference(token_t).
+    """r = classifier(last token) + Σ over answer tokens of softplus(gate(h_t)) · max(log p_reference(token_t), floor).
 
     `classifier` is a transformers `...ForSequenceClassification` (trained), `reference` the frozen causal LM the
     log-probabilities come from (a copy of the SFT model), `header_ids` the tokens the chat template puts before
     an answer: the answer starts after the last occurrence of header_ids[0], len(header_ids) tokens on. (Prompt
     tokens would cancel in a comparison of two answers to one prompt anyway; leaving them out keeps a single
     answer's score about the answer.) TRL's RewardTrainer trains it like any reward model: it only calls
-    `model(input_ids=..., attention_mask=...).logits`."""
+    `model(input_ids=..., attention_mask=...).logits`.
+
+    The floor (−5: p ≈ 0.007) bounds what one token can cost. Text the SFT model would never write — a rambling
+    formula, a rude aside — has log-probabilities near −15 a token, hundreds in all; unbounded, those sums set the
+    scale of the first steps and the gate learned to switch itself off (measured: pairwise accuracy 0.80 on one SFT
+    model, 0.97 with the floor; on another 0.95 → 0.98). A wrong fact still costs up to 5 where the right one costs
+    next to nothing."""
 
     HEAD_FILE = "likelihood_head.json"
     GATE_FILE = "likelihood_gate.safetensors"
 
-    def __init__(self, classifier, reference, header_ids: list[int], gate_bias: float = -2.0):
+    def __init__(self, classifier, reference, header_ids: list[int], gate_bias: float = -2.0,
+                 logp_floor: float = -5.0):
         super().__init__()
         if not hasattr(classifier, "score") or not header_ids:
             raise RewardError("the likelihood head needs a classifier with a `score` layer (transformers' "
                               "...ForSequenceClassification) and a chat template; use head='last_token'")
         self.classifier, self.reference, self.header_ids = classifier, reference, list(header_ids)
+        self.logp_floor = float(logp_floor)
         for p in reference.parameters():
             p.requires_grad_(False)
         reference.eval()
@@ -188,8 +197,8 @@ class LikelihoodRewardModel(torch.nn.Module):
         return SequenceClassifierOutput(logits=reward[:, None].to(head.dtype))
 
     def parts(self, input_ids, attention_mask=None):
-        """(last-token head [rows], log p_reference of each token [rows, width-1], its weight, answer-token mask):
-        entry j of the last three is about the token at position j + 1."""
+        """(last-token head [rows], log p_reference of each token [rows, width-1] floored at `logp_floor`, its
+        weight, answer-token mask): entry j of the last three is about the token at position j + 1."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         classifier = self.classifier.get_base_model() if hasattr(self.classifier, "peft_config") else self.classifier
@@ -205,7 +214,7 @@ class LikelihoodRewardModel(torch.nn.Module):
         token_pos = pos[1:][None]  # logp[:, j] is the log-probability of the token at position j + 1
         answer = (token_pos >= (starts + len(self.header_ids))[:, None]) & (token_pos <= last[:, None])
         weight = torch.nn.functional.softplus(self.gate(h[:, :-1]).squeeze(-1).float())  # read before the token
-        return head, logp, weight, answer
+        return head, logp.clamp(min=self.logp_floor), weight, answer
 
     def save_pretrained(self, folder: str | Path, **kwargs):
         import json
@@ -217,7 +226,8 @@ class LikelihoodRewardModel(torch.nn.Module):
         self.reference.save_pretrained(folder / "reference", **kwargs)
         save_file({k: v.detach().float().cpu().contiguous() for k, v in self.gate.state_dict().items()},
                   folder / self.GATE_FILE)
-        (folder / self.HEAD_FILE).write_text(json.dumps({"header_ids": self.header_ids}) + "\n")
+        (folder / self.HEAD_FILE).write_text(json.dumps({"header_ids": self.header_ids,
+                                                         "logp_floor": self.logp_floor}) + "\n")
 
     @classmethod
     def load(cls, folder: Path, classifier) -> LikelihoodRewardModel:
@@ -230,7 +240,8 @@ class LikelihoodRewardModel(torch.nn.Module):
             raise RewardError(f"{folder}: a likelihood reward model without its reference/ folder")
         reference = AutoModelForCausalLM.from_pretrained(folder / "reference", local_files_only=True,
                                                          dtype=torch.float32)
-        model = cls(classifier, reference, json.loads((folder / cls.HEAD_FILE).read_text())["header_ids"])
+        head = json.loads((folder / cls.HEAD_FILE).read_text())
+        model = cls(classifier, reference, head["header_ids"], logp_floor=head.get("logp_floor", -5.0))
         model.gate.load_state_dict(load_file(folder / cls.GATE_FILE))
         return model
 
@@ -252,8 +263,8 @@ def answer_header(tokenizer) -> list[int]:
 
 def explain(rm: RewardModel, prompt, response: str) -> dict:
     """Where a likelihood reward model's score comes from: the last-token head, and per answer token its
-    log-probability under the reference (the SFT model), the learned weight and their product. The head plus the
-    products is the score. A last-token reward model has only the head."""
+    log-probability under the reference (the SFT model; floored as the score floors it), the learned weight and
+    their product. The head plus the products is the score. A last-token reward model has only the head."""
     ids = render(rm.tokenizer, prompt, response)
     device = next(rm.model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
@@ -376,7 +387,7 @@ def build_trainer(config: RewardConfig, tokenizer, base: Path, train_rows: list[
         if peft_config is not None:  # peft wraps the classifier; TRL would try to wrap the whole reward model
             model, peft_config = get_peft_model(model, peft_config), None
         reference = AutoModelForCausalLM.from_pretrained(base, local_files_only=True, dtype=torch.float32)
-        model = LikelihoodRewardModel(model, reference, answer_header(tokenizer), config.gate_bias)
+        model = LikelihoodRewardModel(model, reference, answer_header(tokenizer), config.gate_bias, config.logp_floor)
     args = TRLConfig(
         output_dir=str(work / "trainer"), per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
         gradient_accumulation_steps=accumulation, num_train_epochs=config.epochs,

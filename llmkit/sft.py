@@ -10,7 +10,8 @@ Full fine-tuning updates every weight; **LoRA** (`lora=True`, through peft) free
 update W + (α/r)·B·A for the chosen linear layers, so a small fraction of the parameters trains. After
 training the adapter is merged (`merge_and_unload`) into a plain checkpoint that `AutoModelForCausalLM`
 loads; the adapter itself is kept in `adapter/`. In both, the token embeddings stay fixed except the rows of the
-chat tokens (<|im_start|>, <|im_end|>), which pretraining never saw (see `freeze_embeddings_except`).
+chat tokens (<|im_start|>, <|im_end|>) and of any token the run's pretraining data never contains: pretraining
+never saw them, so there is nothing to keep (see `freeze_embeddings_except`, `unseen_token_ids`).
 
 The closed world measures what SFT did: accuracy on questions about people the SFT data never names
 (held-out: knowledge the model can only have from pretraining) and about people it does name (trained),
@@ -58,6 +59,8 @@ class SFTConfig:
     packing: bool | None = None  # None: on only where padding-free attention exists (CUDA + FlashAttention)
     freeze_embeddings: bool = True  # full SFT: keep the (tied) token embeddings fixed but the chat tokens' rows —
     # measured: held-out QA 0.27 vs 0.05 with every row training
+    train_unseen_tokens: bool = True  # the rows of tokens the pretraining data never contains train too (when the
+    # base is this run's pretrain stage): with them frozen, refusals came out garbled ("I' s s sry, but I can'tare")
     lora: bool = False
     lora_r: int = 8
     lora_alpha: int = 16
@@ -102,8 +105,9 @@ def run(config: SFTConfig, run_dir: str | Path, overwrite: bool = False, progres
 
 
 def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], eval_rows: list[dict], work: Path,
-                  progress: bool = False, callbacks: tuple = ()):
-    """TRL's SFTTrainer set up as llmkit runs it: assistant-only loss, cosine schedule, LoRA if asked."""
+                  progress: bool = False, callbacks: tuple = (), unseen_tokens: list[int] = ()):
+    """TRL's SFTTrainer set up as llmkit runs it: assistant-only loss, cosine schedule, LoRA if asked.
+    `unseen_tokens`: tokens pretraining never saw, whose embedding rows train beside the chat tokens'."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig as TRLConfig
@@ -137,7 +141,8 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
         # train, beside the adapters too (peft's own trainable_token_indices breaks TRL's fused LM head, which
         # reads the tied head's weight and bias directly); they end up in the merged model, not in adapter/.
         # Done after peft has wrapped the model and before train() builds the optimizer.
-        keep_rows = freeze_embeddings_except(trainer.model.get_input_embeddings(), chat_token_ids(tokenizer))
+        rows = sorted(set(chat_token_ids(tokenizer)) | set(unseen_tokens))
+        keep_rows = freeze_embeddings_except(trainer.model.get_input_embeddings(), rows)
         if keep_rows is not None:
             trainer.add_callback(keep_rows)
     return trainer
@@ -150,6 +155,37 @@ def chat_token_ids(tokenizer) -> list[int]:
 
     ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_START)}
     return sorted(i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id)
+
+
+def unseen_token_ids(base: Path, run_dir: Path, tokenizer) -> list[int]:
+    """Tokens that never occur in the data the base model was pretrained on, when that is known: the base is this
+    run's pretrain stage, trained on the run's own data stage (RUN_DIR/data/blocks) with the same vocabulary.
+    Their embedding rows were never an input and, tied to the output layer, only ever pushed down: frozen, they
+    keep SFT from writing them. Measured on the bundled data: 1121 of 2196 tokens, among them most of the
+    pieces of "I'm sorry, but I can't share private contact details" (the corpus has no refusals)."""
+    import json
+
+    from datasets import load_from_disk
+
+    blocks = run_dir / "data" / "blocks"
+    stage_config = base / "stage_config.json"
+    if base.resolve() != (run_dir / "pretrain").resolve() or not blocks.exists() or not stage_config.exists():
+        return []
+    pretrain_config = json.loads(stage_config.read_text())
+    if pretrain_config.get("data") or pretrain_config.get("base_model"):
+        return []  # pretrained on other data, or continued from a model whose data we do not have
+    data_tokenizer = run_dir / "data" / "tokenizer"
+    if data_tokenizer.exists():
+        from transformers import AutoTokenizer
+
+        if AutoTokenizer.from_pretrained(data_tokenizer, local_files_only=True).get_vocab() != tokenizer.get_vocab():
+            return []
+    seen = torch.zeros(len(tokenizer), dtype=torch.bool)
+    for split in load_from_disk(str(blocks)).values():
+        for chunk in split.with_format("torch").iter(batch_size=1024):
+            ids = chunk["input_ids"].reshape(-1)
+            seen[ids[ids < len(seen)]] = True
+    return torch.nonzero(~seen).reshape(-1).tolist()
 
 
 def freeze_embeddings_except(embedding, token_ids: list[int]):
@@ -207,7 +243,9 @@ def _bf16(config: SFTConfig) -> bool:
 def _train(config, run_dir, base, tokenizer, model, train_rows, eval_rows, final, work, progress, callbacks):
     cuda = torch.cuda.is_available()
     log = _LogBridge(work / "log.jsonl", callbacks)
-    trainer = build_trainer(config, tokenizer, model, train_rows, eval_rows, work, progress, [log.trainer_callback()])
+    unseen = unseen_token_ids(base, run_dir, tokenizer) if config.train_unseen_tokens else []
+    trainer = build_trainer(config, tokenizer, model, train_rows, eval_rows, work, progress, [log.trainer_callback()],
+                            unseen_tokens=unseen)
     trainable, total = _parameter_counts(trainer.model)
     if progress:
         print(f"[{final.name}] trainable parameters: {trainable:,} of {total:,} ({trainable / total:.2%})")
@@ -231,6 +269,7 @@ def _train(config, run_dir, base, tokenizer, model, train_rows, eval_rows, final
         "method": "lora" if config.lora else "full", "base_model": str(base), "train_examples": len(train_rows),
         "eval_examples": len(eval_rows), "steps": trainer.state.global_step, "train_seconds": train_seconds,
         "trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total,
+        "unseen_token_rows_trained": len(unseen),
         "eval_loss": final_eval.get("eval_loss"), "learning_rate": learning_rate(config), "packing": packing(config),
         # what training holds besides activations: fp32 weights, gradients and two AdamW moments per trained weight
         "weights_grads_optimizer_mb": (total + 3 * trainable) * 4 / 2**20,

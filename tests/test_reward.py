@@ -99,13 +99,16 @@ def test_likelihood_head_adds_the_references_log_probabilities_of_the_answer_tok
     assert ids[:len(prompt_ids)] == list(prompt_ids) and len(ids) > len(prompt_ids) + 2
     with torch.no_grad():
         logp = reference(torch.tensor([ids])).logits[0].log_softmax(-1)
-        answer_logp = sum(logp[t - 1, ids[t]].item() for t in range(len(prompt_ids), len(ids)))
+        answer_logp = [logp[t - 1, ids[t]].item() for t in range(len(prompt_ids), len(ids))]
         head = classifier(torch.tensor([ids])).logits[0, 0].item()
     weight = torch.nn.functional.softplus(torch.tensor(-1.0)).item()  # the gate starts at its bias everywhere
-    expected = head + weight * answer_logp
-    alone = rm.score([prompt], [answer])[0]
-    batch = rm.score([prompt, "Tell me everything."], [answer, "A long answer " * 30])
-    assert alone == pytest.approx(expected, abs=1e-4) and batch[0] == pytest.approx(alone, abs=1e-4)
+    for floor in (-100.0, -7.8):  # no floor in reach; a floor some of this random model's tokens fall under
+        rm.model.logp_floor = floor
+        expected = head + weight * sum(max(x, floor) for x in answer_logp)
+        alone = rm.score([prompt], [answer])[0]
+        batch = rm.score([prompt, "Tell me everything."], [answer, "A long answer " * 30])
+        assert alone == pytest.approx(expected, abs=1e-4) and batch[0] == pytest.approx(alone, abs=1e-4)
+    assert min(answer_logp) < -7.8 < max(answer_logp)
     torch.nn.init.normal_(rm.model.gate.weight, std=0.5)  # a trained gate: per-token weights
     trained = rm.score([prompt, "Who is Bo?"], [answer, "Bo is a baker."])
     parts = reward.explain(rm, "Who is Bo?", "Bo is a baker.")  # where the score comes from, token by token

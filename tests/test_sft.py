@@ -50,7 +50,7 @@ def test_full_sft_run_writes_a_chat_checkpoint_and_its_measurements(base_model, 
     weight = model.get_input_embeddings().weight
     chat = sft.chat_token_ids(tokenizer)
     assert tokenizer.convert_ids_to_tokens(chat) == ["<|im_start|>", "<|im_end|>"]
-    assert m["method"] == "full" and m["steps"] == 6
+    assert m["method"] == "full" and m["steps"] == 6 and m["unseen_token_rows_trained"] == 0  # not a run's pretrain
     assert m["trainable_params"] == m["total_params"] - weight.numel() + len(chat) * weight.shape[1]
     _assert_only_rows_changed(weight, AutoModelForCausalLM.from_pretrained(base_model).get_input_embeddings().weight,
                               chat)
@@ -120,6 +120,41 @@ def test_with_weight_decay_the_frozen_embedding_rows_still_do_not_move(base_mode
     chat = sft.chat_token_ids(AutoTokenizer.from_pretrained(result.output_dir))
     _assert_only_rows_changed(model.get_input_embeddings().weight,
                               AutoModelForCausalLM.from_pretrained(base_model).get_input_embeddings().weight, chat)
+
+
+def test_tokens_pretraining_never_saw_train_their_rows_too(base_model, data_run, tmp_path):
+    """When the base is the run's own pretrain stage, the tokens absent from the run's pretraining blocks (the
+    corpus has no "I'm sorry, but ...") train their embedding rows beside the chat tokens'; every other row stays
+    as pretraining left it. A base from elsewhere, or the option off, trains the chat rows alone."""
+    import shutil
+
+    from datasets import load_from_disk
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data").symlink_to(data_run.output_dir, target_is_directory=True)
+    shutil.copytree(base_model, run / "pretrain")
+    (run / "pretrain" / "stage_config.json").write_text(json.dumps({"data": None, "base_model": None}))
+    seen = set()
+    for split in load_from_disk(str(data_run.output_dir / "blocks")).values():
+        for row in split["input_ids"]:
+            seen.update(row)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    unseen = sorted(set(range(len(tokenizer))) - seen)
+    sorry = tokenizer("I'm sorry", add_special_tokens=False)["input_ids"]
+    assert unseen and any(t in unseen for t in sorry)  # the bundled corpus never apologises
+    assert sft.unseen_token_ids(run / "pretrain", run, tokenizer) == unseen
+    assert sft.unseen_token_ids(base_model, run, tokenizer) == []  # not this run's pretrain stage
+    result = sft.run(sft.SFTConfig(**FAST), run, progress=False)
+    assert result.metrics["unseen_token_rows_trained"] == len(unseen)
+    model = AutoModelForCausalLM.from_pretrained(result.output_dir)
+    before = AutoModelForCausalLM.from_pretrained(base_model).get_input_embeddings().weight
+    _assert_only_rows_changed(model.get_input_embeddings().weight, before,
+                              sorted(set(sft.chat_token_ids(tokenizer)) | set(unseen)))
+    off = sft.run(sft.SFTConfig(train_unseen_tokens=False, stage_name="sft_off", **FAST), run, progress=False)
+    assert off.metrics["unseen_token_rows_trained"] == 0
+    _assert_only_rows_changed(AutoModelForCausalLM.from_pretrained(off.output_dir).get_input_embeddings().weight,
+                              before, sft.chat_token_ids(tokenizer))
 
 
 def test_missing_base_or_chat_template_is_a_clear_error_and_writes_nothing(base_model, tmp_path):
