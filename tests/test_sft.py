@@ -123,9 +123,9 @@ def test_with_weight_decay_the_frozen_embedding_rows_still_do_not_move(base_mode
 
 
 def test_tokens_pretraining_never_saw_train_their_rows_too(base_model, data_run, tmp_path):
-    """When the base is the run's own pretrain stage, the tokens absent from the run's pretraining blocks (the
-    corpus has no "I'm sorry, but ...") train their embedding rows beside the chat tokens'; every other row stays
-    as pretraining left it. A base from elsewhere, or the option off, trains the chat rows alone."""
+    """When the base is the run's own pretrain stage, the tokens of the SFT answers that the run's pretraining
+    blocks never contain (the corpus has no "I'm sorry, but ...") train their embedding rows beside the chat
+    tokens'; every other row stays as pretraining left it. A base from elsewhere, or the option off, trains the chat rows alone."""
     import shutil
 
     from datasets import load_from_disk
@@ -145,12 +145,15 @@ def test_tokens_pretraining_never_saw_train_their_rows_too(base_model, data_run,
     assert unseen and any(t in unseen for t in sorry)  # the bundled corpus never apologises
     assert sft.unseen_token_ids(run / "pretrain", run, tokenizer) == unseen
     assert sft.unseen_token_ids(base_model, run, tokenizer) == []  # not this run's pretrain stage
+    answers = sft.answer_token_ids(tokenizer, sft.load_conversations(sft.SFTConfig())[0])
+    needed = sorted(set(unseen) & answers)  # what the SFT answers write that pretraining never showed
+    assert needed and set(sorry) & set(needed) and len(needed) < len(unseen)
     result = sft.run(sft.SFTConfig(**FAST), run, progress=False)
-    assert result.metrics["unseen_token_rows_trained"] == len(unseen)
+    assert result.metrics["unseen_token_rows_trained"] == len(needed)
     model = AutoModelForCausalLM.from_pretrained(result.output_dir)
     before = AutoModelForCausalLM.from_pretrained(base_model).get_input_embeddings().weight
     _assert_only_rows_changed(model.get_input_embeddings().weight, before,
-                              sorted(set(sft.chat_token_ids(tokenizer)) | set(unseen)))
+                              sorted(set(sft.chat_token_ids(tokenizer)) | set(needed)))
     off = sft.run(sft.SFTConfig(train_unseen_tokens=False, stage_name="sft_off", **FAST), run, progress=False)
     assert off.metrics["unseen_token_rows_trained"] == 0
     _assert_only_rows_changed(AutoModelForCausalLM.from_pretrained(off.output_dir).get_input_embeddings().weight,
