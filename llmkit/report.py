@@ -31,8 +31,9 @@ for method in ("grpo", "rloo", "dpo"):
 def _verdict(value: float, bar, metrics: dict) -> str:
     if bar is None:
         return ""
-    if isinstance(bar, str):  # must stay within 5 points of the SFT model's
-        return "met" if abs(value - metrics[bar]) <= 0.05 else "**not met**"
+    if isinstance(bar, str):  # must stay within 5 points of the SFT model's, 5 points included: 4 of 80 questions
+        # is 0.05 exactly, which float subtraction makes 0.0500000000000000x (0.775 − 0.725)
+        return "met" if abs(value - metrics[bar]) <= 0.05 + 1e-9 else "**not met**"
     op, target = bar
     ok = value >= target if op == ">=" else value <= target
     return "met" if ok else "**not met**"

@@ -14,11 +14,12 @@ Two heads (`RewardConfig.head`):
       r(prompt, answer) = w · h_last  +  Σ over answer tokens t of  g_t · max(log p_SFT(token_t | before it), −5)
 
   where log p_SFT comes from a frozen copy of the SFT model (the *reference*) and g_t = softplus(gate(h_t)) ≥ 0
-  is a weight the RM learns per position (the floor: see `LikelihoodRewardModel`). A token the SFT model finds surprising — a wrong birth year, a town
-  it never saw with this person — costs reward where the gate says that position matters. A last-token head
+  is a weight the RM learns per position (the floor: see `LikelihoodRewardModel`). A token the SFT model finds
+  surprising — a wrong birth year, a town it never saw with this person — costs reward where the gate says that
+  position matters. A last-token head
   alone has to carry that fact check through its final hidden state, which a small model does badly: on the
-  closed world it judged style pairs perfectly but right-vs-wrong facts at 0.6–0.7 (pairwise accuracy 0.80,
-  the likelihood head 0.96; BENCHMARKS.md).
+  closed world it judged style pairs perfectly but right-vs-wrong facts at 0.6–0.7 (pairwise accuracy 0.82,
+  the likelihood head 0.97; BENCHMARKS.md).
 
 The result is a checkpoint folder (the classifier as a plain transformers model; for the likelihood head also
 `reference/` and the gate), and `RewardModel.load(folder).score(prompts, responses)` is what RL and the chat

@@ -10,8 +10,8 @@ Full fine-tuning updates every weight; **LoRA** (`lora=True`, through peft) free
 update W + (α/r)·B·A for the chosen linear layers, so a small fraction of the parameters trains. After
 training the adapter is merged (`merge_and_unload`) into a plain checkpoint that `AutoModelForCausalLM`
 loads; the adapter itself is kept in `adapter/`. In both, the token embeddings stay fixed except the rows of the
-chat tokens (<|im_start|>, <|im_end|>) and of any token the run's pretraining data never contains: pretraining
-never saw them, so there is nothing to keep (see `freeze_embeddings_except`, `unseen_token_ids`).
+chat tokens (<|im_start|>, <|im_end|>) and of the answers' tokens the run's pretraining data never contains:
+pretraining never saw them, so there is nothing to keep (see `freeze_embeddings_except`, `unseen_token_ids`).
 
 The closed world measures what SFT did: accuracy on questions about people the SFT data never names
 (held-out: knowledge the model can only have from pretraining) and about people it does name (trained),

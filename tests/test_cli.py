@@ -65,6 +65,15 @@ def test_reward_options_reach_the_config():
     assert "(default 0.5)" in " ".join(help_text.split())  # the PPO default, not a stale copy of it
 
 
+def test_report_verdicts_include_their_bounds():
+    from llmkit.report import _verdict
+
+    qa = {"sft_qa_heldout": 0.775}
+    assert _verdict(0.725, "sft_qa_heldout", qa) == "met"  # 4 of 80 questions below SFT: 0.05, inside the bar
+    assert _verdict(0.7125, "sft_qa_heldout", qa) == "**not met**"  # 5 of 80
+    assert _verdict(0.9, (">=", 0.9), {}) == "met" and _verdict(0.899, (">=", 0.9), {}) == "**not met**"
+
+
 def test_sft_without_a_base_model_exits_2_and_says_what_to_do(tmp_path, capsys):
     assert main(["sft", "--run-dir", str(tmp_path / "run"), "--lora", "--quiet"]) == 2
     err = capsys.readouterr().err
