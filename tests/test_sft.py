@@ -123,7 +123,7 @@ def test_with_weight_decay_the_frozen_embedding_rows_still_do_not_move(base_mode
 
 
 def test_tokens_pretraining_never_saw_train_their_rows_too(base_model, data_run, tmp_path):
-    """When the base is the run's own pretrain stage, the tokens of the SFT answers that the run's pretraining
+    """When the base is an llmkit run's pretrain stage, the tokens of the SFT answers that the run's pretraining
     blocks never contain (the corpus has no "I'm sorry, but ...") train their embedding rows beside the chat
     tokens'; every other row stays as pretraining left it. A base from elsewhere, or the option off, trains the chat rows alone."""
     import shutil
@@ -143,8 +143,8 @@ def test_tokens_pretraining_never_saw_train_their_rows_too(base_model, data_run,
     unseen = sorted(set(range(len(tokenizer))) - seen)
     sorry = tokenizer("I'm sorry", add_special_tokens=False)["input_ids"]
     assert unseen and any(t in unseen for t in sorry)  # the bundled corpus never apologises
-    assert sft.unseen_token_ids(run / "pretrain", run, tokenizer) == unseen
-    assert sft.unseen_token_ids(base_model, run, tokenizer) == []  # not this run's pretrain stage
+    assert sft.unseen_token_ids(run / "pretrain", tokenizer) == unseen
+    assert sft.unseen_token_ids(base_model, tokenizer) == []  # a pretrain folder without its run's data stage
     answers = sft.answer_token_ids(tokenizer, sft.load_conversations(sft.SFTConfig())[0])
     needed = sorted(set(unseen) & answers)  # what the SFT answers write that pretraining never showed
     assert needed and set(sorry) & set(needed) and len(needed) < len(unseen)
