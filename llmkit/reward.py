@@ -16,10 +16,9 @@ Two heads (`RewardConfig.head`):
   where log p_SFT comes from a frozen copy of the SFT model (the *reference*) and g_t = softplus(gate(h_t)) ≥ 0
   is a weight the RM learns per position (the floor: see `LikelihoodRewardModel`). A token the SFT model finds
   surprising — a wrong birth year, a town it never saw with this person — costs reward where the gate says that
-  position matters. A last-token head
-  alone has to carry that fact check through its final hidden state, which a small model does badly: on the
-  closed world it judged style pairs perfectly but right-vs-wrong facts at 0.6–0.7 (pairwise accuracy 0.82,
-  the likelihood head 0.97; BENCHMARKS.md).
+  position matters. A last-token head alone has to carry that fact check through its final hidden state, which a
+  small model does badly: on the closed world it judged style pairs perfectly but right-vs-wrong facts at 0.6–0.7
+  (pairwise accuracy 0.82, the likelihood head 0.97; BENCHMARKS.md).
 
 The result is a checkpoint folder (the classifier as a plain transformers model; for the likelihood head also
 `reference/` and the gate), and `RewardModel.load(folder).score(prompts, responses)` is what RL and the chat
@@ -207,9 +206,9 @@ class LikelihoodRewardModel(torch.nn.Module):
         rows, width = input_ids.shape
         last = attention_mask.sum(1) - 1  # right padding, as TRL's collator and score() pad
         head = classifier.score(h[torch.arange(rows, device=h.device), last]).squeeze(-1)
-        with torch.no_grad():
-            logits = self.reference(input_ids=input_ids, attention_mask=attention_mask).logits
-            logp = logits.float().log_softmax(-1)[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        with torch.no_grad():  # log p of each next token: its logit minus the logsumexp, no full log-softmax copy
+            logits = self.reference(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+            logp = logits.gather(-1, input_ids[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)
         pos = torch.arange(width, device=h.device)
         starts = torch.where(input_ids == self.header_ids[0], pos, torch.full_like(pos, -1)).max(1).values
         token_pos = pos[1:][None]  # logp[:, j] is the log-probability of the token at position j + 1
@@ -242,7 +241,7 @@ class LikelihoodRewardModel(torch.nn.Module):
         reference = AutoModelForCausalLM.from_pretrained(folder / "reference", local_files_only=True,
                                                          dtype=torch.float32)
         head = json.loads((folder / cls.HEAD_FILE).read_text())
-        model = cls(classifier, reference, head["header_ids"], logp_floor=head.get("logp_floor", -5.0))
+        model = cls(classifier, reference, head["header_ids"], logp_floor=head["logp_floor"])
         model.gate.load_state_dict(load_file(folder / cls.GATE_FILE))
         return model
 
