@@ -15,7 +15,9 @@ Everything is deterministic in the seed. What it writes (all jsonl unless noted)
                         (emails, phone numbers, IP addresses) inside otherwise good documents.
 - corpus_labels.jsonl   ground truth per document: label, duplicate_of, the personal data it carries.
                         Never part of the corpus itself.
-- sft_train.jsonl, sft_eval.jsonl     conversations in TRL's `messages` format about the SFT people only
+- sft_train.jsonl, sft_eval.jsonl     conversations in TRL's `messages` format about the SFT people only; every
+                        fact in them is right, but half the answers to answerable questions carry a
+                        demonstrator's habit (rude or rambling, named in `habit`) that the preference rule dislikes
 - qa_heldout.jsonl, qa_trained.jsonl  one question per fact of held-out / SFT people, with the answer
 - preferences_train.jsonl, preferences_eval.jsonl   prompt / chosen / rejected (conversational), following
                         the oracle's hidden rule: correct, then concise, then polite; never evasive
@@ -614,6 +616,35 @@ RUDE = ["Obviously, {a}", "Ugh, everyone knows this. {a}", "{a} Figure it out yo
 EVASIVE = ["It's hard to say, really.", "I'm not sure; you could look it up.", "Who can say? Records differ."]
 
 
+# The demonstrators' habits. SFT demonstrations are written by people, and people have habits the preference
+# rule dislikes: some pad an answer with a pleasantry, some are curt. Every demonstrated fact is right; only the
+# style varies, as in real demonstration data, and SFT imitates the habits along with the facts. The preference
+# pairs say which of two answers people prefer, so the reward model learns what the demonstrations never
+# showed, and RL can drop the habits while keeping the facts. Judging two answers is easier than writing a
+# flawless one: that is why RLHF follows SFT (Ouyang et al., 2022). Without habits the demonstrations would
+# already be the oracle's best answers, and RL could only sample them less noisily (benchmarks/rl_ceiling.py).
+HABIT_RATE = 0.5  # of the single-turn answers to answerable questions
+RAMBLE_PREFIX = RAMBLE[:3]  # one sentence before a one-fact answer: past the oracle's length limit, under 40 tokens
+
+
+def add_demonstrator_habits(rng: random.Random, convs: list[dict], oracle: Oracle) -> list[dict]:
+    """A `HABIT_RATE` share of the fact, bio and compare demonstrations, chosen by `rng`, become rude or (one-fact
+    answers) rambling; each row records its habit (`habit`: "rude", "rambling" or null)."""
+    out = []
+    for row in convs:
+        row = {**row, "habit": None}
+        if row["kind"] in ("fact", "bio", "compare") and rng.random() < HABIT_RATE:
+            habit = "rambling" if row["kind"] == "fact" and rng.random() < 0.5 else "rude"
+            (question, answer) = row["messages"]
+            styled = (rng.choice(RUDE).format(a=answer["content"]) if habit == "rude"
+                      else f"{rng.choice(RAMBLE_PREFIX)} {answer['content']}")
+            assert oracle.flaw([question], styled) == habit, (question, styled)
+            row["messages"] = [question, {"role": "assistant", "content": styled}]
+            row["habit"] = habit
+        out.append(row)
+    return out
+
+
 def _wrong_answer(rng: random.Random, world: W.World, kind: str, names: tuple) -> str:
     if kind == "bio":
         p = world.person(names[0])
@@ -709,6 +740,8 @@ def generate(out: Path, seed: int = 0, n_people: int = 200, n_towns: int = 40, n
     docs, labels = make_corpus(rng, world)
     fake = _fake_names(rng, world, 80)
     sft = make_sft(rng, world, fake)
+    # its own random stream, so every other file is what it was before the habits existed
+    sft = add_demonstrator_habits(random.Random(seed + 3), sft, oracle)
     n_eval = max(1, len(sft) // 20)
     train_prompts = sample_prompts(rng, world, world.sft_people, fake[: len(fake) // 2], 1200)
     heldout_prompts = sample_prompts(rng, world, world.heldout_people, fake[len(fake) // 2:], 300)
