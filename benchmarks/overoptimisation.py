@@ -2,7 +2,7 @@
 
     python benchmarks/overoptimisation.py --run-dir runs/bench      # uses RUN_DIR/sft and RUN_DIR/reward
 
-Runs llmkit PPO with beta = --kl-coef (default 0.01, fifty times weaker than the default) and a larger learning
+Runs llmkit PPO with beta = --kl-coef (default 0.01, ten times weaker than the default) and a larger learning
 rate for --steps steps into RUN_DIR/ppo_weak_kl, then groups the steps by their KL to the reference and prints,
 per group, the mean reward-model score and the mean oracle score of the same rollouts. Gao et al. (2022): the
 proxy keeps rising while the true score peaks and falls.

@@ -3,7 +3,7 @@
     python benchmarks/rl_ceiling.py --run-dir runs/bench --markdown      # uses RUN_DIR/sft (and RUN_DIR/reward)
 
 The RL stages' headline is the oracle win-rate of the policy against the SFT model on the first 100 held-out RL
-prompts, both sampled at temperature 0.7 (ties count half; `ppo.compare_policies`). A policy that only learned
+prompts, four answers each, both sampled at temperature 0.7 (ties count half; `ppo.compare_policies`). A policy that only learned
 to sample less noisily would answer like the SFT model at a lower temperature, at the limit like its greedy
 decoding. This scores exactly those stand-ins against SFT sampled at 0.7 with the comparison's seed, so a
 win-rate bar above the greedy row asks RL to know something SFT does not. Per prompt kind, the oracle scores
@@ -41,6 +41,7 @@ def main() -> None:
 
         rm = RewardModel.load(args.run_dir / "reward", "cpu")
     prompts = [r["prompt"] for r in read_jsonl(bundled_path("rl_prompts_eval.jsonl"))[: args.prompts]]
+    prompts = prompts * ppo.PPOConfig.eval_samples_per_prompt  # the comparison's answers per prompt
     oracle = Oracle()
     seed = ppo.PPOConfig.seed + 1  # the seed compare_policies samples both sides with
     temperature = ppo.PPOConfig.temperature
@@ -62,11 +63,11 @@ def main() -> None:
         for p, s in zip(prompts, scores):
             by_kind[oracle.parse(p)[0]].append(s)
         for k, v in by_kind.items():
-            kinds[k][name] = (len(v), sum(v) / len(v))
+            kinds[k][name] = (len(v) // ppo.PPOConfig.eval_samples_per_prompt, sum(v) / len(v))
     names = [r[0] for r in rows]
     if args.markdown:
-        print(f"SFT model: {sft_dir}; {len(prompts)} held-out RL prompts; baseline: SFT sampled at T = {temperature}, "
-              f"seed {seed}\n")
+        print(f"SFT model: {sft_dir}; {args.prompts} held-out RL prompts x {ppo.PPOConfig.eval_samples_per_prompt} "
+              f"answers; baseline: SFT sampled at T = {temperature}, seed {seed}\n")
         print("| SFT decoded as | oracle win-rate vs SFT at T = 0.7 | oracle score | RM score |\n|---|---:|---:|---:|")
         for name, wins, score, rm_score in rows:
             print(f"| {name} | {wins:.2f} | {score:.3f} | {rm_score:.2f} |")

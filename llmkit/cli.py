@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"/token · length {m['eval_response_length']:.0f} (SFT {m['eval_response_length_sft']:.0f})")
                 if "oracle_win_rate" in m:
                     line += (f" · oracle win-rate vs SFT {m['oracle_win_rate']:.2f} · QA held-out {m['qa_heldout']:.2f}"
-                             f" (SFT {m['sft_qa_heldout']:.2f})")
+                             f" (SFT {m['sft_qa_heldout']:.2f}) · rude or rambling {m['eval_habit_rate']:.0%}"
+                             f" (SFT {m['eval_habit_rate_sft']:.0%})")
                 print(line)
     except (DataError, pretrain.PretrainError, sft.SFTError, reward.RewardError, ppo.PPOError, StageExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

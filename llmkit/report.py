@@ -10,7 +10,8 @@ from pathlib import Path
 
 from llmkit import runs
 
-# stage -> [(label, metric key, bar as (op, value) or None)]
+# stage -> [(label, metric key, bar)]; a bar is None, (op, value), the key of SFT's value the metric must stay
+# within 0.05 of, or ("beside", key of SFT's value) to show that value without a verdict
 ROWS = {
     "data": [("documents kept", "documents_out", None), ("bytes per token", "validation_bytes_per_token", None)],
     "pretrain": [("base fact completion", "fact_completion", (">=", 0.8)), ("validation bits per byte", "val_bpb", None),
@@ -21,7 +22,8 @@ ROWS = {
     "reward": [("pairwise accuracy (eval split)", "eval_accuracy", (">=", 0.9)),
                ("agreement with the oracle, fresh SFT answers", "oracle_agreement", None)],
     "ppo": [("oracle win-rate vs SFT", "oracle_win_rate", (">=", 0.65)), ("KL to SFT per token", "eval_kl_per_token", None),
-            ("held-out QA (SFT's)", "qa_heldout", "sft_qa_heldout"), ("trained QA (SFT's)", "qa_trained", "sft_qa_trained")],
+            ("held-out QA (SFT's)", "qa_heldout", "sft_qa_heldout"), ("trained QA (SFT's)", "qa_trained", "sft_qa_trained"),
+            ("rude or rambling answers (SFT's)", "eval_habit_rate", ("beside", "eval_habit_rate_sft"))],
 }
 for method in ("grpo", "rloo", "dpo"):
     ROWS[method] = [("oracle win-rate vs SFT", "oracle_win_rate", None), ("KL to SFT per token", "eval_kl_per_token", None),
@@ -29,7 +31,7 @@ for method in ("grpo", "rloo", "dpo"):
 
 
 def _verdict(value: float, bar, metrics: dict) -> str:
-    if bar is None:
+    if bar is None or bar[0] == "beside":
         return ""
     if isinstance(bar, str):  # must stay within 5 points of the SFT model's, 5 points included: 4 of 80 questions
         # is 0.05 exactly, which float subtraction makes 0.0500000000000000x (0.775 − 0.725)
@@ -40,7 +42,7 @@ def _verdict(value: float, bar, metrics: dict) -> str:
 
 
 def _bar_text(bar) -> str:
-    if bar is None:
+    if bar is None or bar[0] == "beside":
         return ""
     if isinstance(bar, str):
         return "within 0.05 of SFT"
@@ -67,8 +69,9 @@ def write_report(run_dir: str | Path, timings: dict[str, float | None] | None = 
                 continue
             value = m[key]
             shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-            if isinstance(bar, str) and bar in m:
-                shown += f" ({m[bar]:.3f})"
+            sft_key = bar if isinstance(bar, str) else bar[1] if bar and bar[0] == "beside" else None
+            if sft_key in m:
+                shown += f" ({m[sft_key]:.3f})"
             lines.append(f"| {stage if first else ''} | {label} | {shown} | {_bar_text(bar)} | "
                          f"{_verdict(value, bar, m)} | {took if first else ''} |")
             first = False

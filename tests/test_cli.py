@@ -62,7 +62,9 @@ def test_reward_options_reach_the_config():
     assert (config.head, config.lora, config.epochs) == ("last_token", True, 3.0)
     assert _reward_config(build_parser().parse_args(["reward", "--run-dir", "r"])).head == "likelihood"
     help_text = build_parser()._subparsers._group_actions[0].choices["ppo"].format_help()
-    assert "(default 0.5)" in " ".join(help_text.split())  # the PPO default, not a stale copy of it
+    from llmkit.rl.ppo import PPOConfig
+
+    assert f"(default {PPOConfig.kl_coef})" in " ".join(help_text.split())  # the PPO default, not a stale copy
 
 
 def test_report_verdicts_include_their_bounds():

@@ -130,3 +130,20 @@ def test_ppo_raises_a_toy_reward_within_a_few_steps(base_model):
                 "response_length", "eos_fraction"):
         assert all(math.isfinite(r[key]) for r in records), key
     assert records[-1]["kl"] > 0  # it moved away from the reference, and the KL says so
+
+
+def test_a_policy_compared_with_itself_ties_on_every_sample(base_model):
+    """compare_policies samples both sides with the same seed, k answers per prompt: a policy against itself gives
+    the same answers, so every comparison ties (win-rate 0.5 exactly) at zero KL."""
+    from llmkit.oracle import Oracle
+
+    tok = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model)
+    prompts = ["Where was Ada born?", "Who is Bela Ulmer?", "Where does Yara Gormer live now?"]
+    cfg = ppo.PPOConfig(max_new_tokens=6, eval_samples_per_prompt=3)
+    out = ppo.compare_policies(model, model, tok, LetterReward(), prompts, cfg, Oracle())
+    rows = out["rows"]
+    assert [r["prompt"] for r in rows] == prompts * 3  # three answers per prompt, each compared
+    assert len({r["ppo"] for r in rows}) > 1 and all(r["ppo"] == r["sft"] for r in rows)
+    assert out["oracle_win_rate"] == 0.5 and out["eval_kl_per_token"] == pytest.approx(0.0, abs=1e-6)
+    assert out["eval_habit_rate"] == out["eval_habit_rate_sft"]

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from llmkit.oracle import Oracle
 from llmkit.reward import LikelihoodRewardModel, answer_header
 from llmkit.rl import ppo, trl_methods
 
@@ -56,7 +57,14 @@ def test_ppo_stage_writes_a_policy_its_log_and_the_comparison_with_sft(rl_run, t
     assert [r["step"] for r in records] == [1, 2, 3]
     assert records[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # step 1: policy == reference (adapter off / copy)
     assert "samples" in records[1] and "oracle_score" in records[0]
-    assert len((out / "eval_samples.jsonl").read_text().splitlines()) == 8
+    rows = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 8
+    oracle = Oracle()
+    for side, suffix in (("ppo", ""), ("sft", "_sft")):  # each answer's first flaw, and the habits' share
+        flaws = [oracle.flaw(r["prompt"], r[side]) for r in rows]
+        assert [r[f"flaw_{side}"] for r in rows] == flaws
+        assert m[f"eval_habit_rate{suffix}"] == sum(f in ("rude", "rambling") for f in flaws) / 8
+        assert sum(m[f"eval_flaws{suffix}"].values()) == 8
 
 
 @pytest.mark.parametrize("method", trl_methods.METHODS)

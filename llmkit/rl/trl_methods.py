@@ -47,13 +47,14 @@ class MethodConfig:
     learning_rate: float = 2e-5  # as PPO
     beta: float = 0.1  # KL coefficient (GRPO: in the loss; RLOO: in the reward) / DPO's β
     eval_limit: int = 100
+    eval_samples_per_prompt: int = 4  # as PPO's evaluation
     qa_limit: int | None = 80
     closed_world: bool | None = None
     seed: int = 0
 
 
 STEP_PRESETS = {"smoke": {"steps": 3, "batch_size": 8, "num_generations": 4, "max_new_tokens": 12, "eval_limit": 8,
-                          "qa_limit": 8}}
+                          "eval_samples_per_prompt": 1, "qa_limit": 8}}
 
 
 def config_for(method: str, preset: str = "tiny", **overrides) -> MethodConfig:
@@ -154,7 +155,8 @@ def _train(config, policy_dir, rm_dir, prompts, eval_prompts, pairs, final, work
     device = next(model.parameters()).device
     rm = RewardModel.load(rm_dir, device)
     reference = ppo._load_causal(policy_dir, device)
-    eval_cfg = ppo.PPOConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed)
+    eval_cfg = ppo.PPOConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed,
+                             eval_samples_per_prompt=config.eval_samples_per_prompt)
     comparison = ppo.compare_policies(model, reference, tokenizer, rm, eval_prompts, eval_cfg, oracle)
     write_jsonl(work / "eval_samples.jsonl", comparison.pop("rows"))
     metrics = {"method": config.method, "policy_model": str(policy_dir), "reward_model": str(rm_dir),
