@@ -18,7 +18,7 @@ Two heads (`RewardConfig.head`):
   surprising — a wrong birth year, a town it never saw with this person — costs reward where the gate says that
   position matters. A last-token head alone has to carry that fact check through its final hidden state, which a
   small model does badly: on the closed world it judged style pairs perfectly but right-vs-wrong facts at 0.6–0.7
-  (pairwise accuracy 0.82, the likelihood head 0.97; BENCHMARKS.md).
+  (pairwise accuracy 0.78, the likelihood head 0.97; BENCHMARKS.md).
 
 The result is a checkpoint folder (the classifier as a plain transformers model; for the likelihood head also
 `reference/` and the gate), and `RewardModel.load(folder).score(prompts, responses)` is what RL and the chat
