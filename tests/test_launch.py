@@ -38,7 +38,12 @@ def _assert_same(one: dict, two: dict, steps: int):
     assert sorted(one) == sorted(two) == list(range(1, steps + 1))
     for step in one:
         assert abs(one[step] - two[step]) <= TOLERANCE, (step, one[step], two[step])
-    assert one[steps] < one[1] - 0.05  # and training moved
+
+
+def _weights(stage_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(stage_dir / "model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +71,7 @@ def launch_run(data_run, tmp_path_factory):
 def test_two_processes_pretrain_with_the_losses_of_one(launch_run):
     one, two = launch_run / "one" / "pretrain", launch_run / "two" / "pretrain"
     _assert_same(_losses(one), _losses(two), 8)
+    assert _losses(one)[8] < _losses(one)[1] - 0.05  # and training moved
     # each process saw its own half of every batch: different losses whose mean is the logged loss
     ranks = [[json.loads(x) for x in (two / "ranks" / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
     assert [r["rows"] for r in ranks[0]] == [4] * 8
@@ -80,6 +86,13 @@ def test_two_processes_fine_tune_with_the_losses_of_one(launch_run):
     one, two = launch_run / "one" / "sft", launch_run / "two" / "sft"
     _assert_same(_losses(one), _losses(two), 5)
     assert runs.finished(two) and (two / "model.safetensors").is_file()
+    # Five steps on demonstrations, half of them in a rude or rambling voice, need not lower one batch's
+    # loss below another's; what they must do is move the weights, and move them alike on one and two processes.
+    base, a, b = _weights(launch_run / "one" / "pretrain"), _weights(one), _weights(two)
+    assert sorted(a) == sorted(b)
+    moved = max((a[k].float() - base[k].float()).abs().max().item() for k in a if k in base)
+    apart = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert moved > 5e-4 and apart < moved / 100, (moved, apart)
 
 
 def test_the_shell_path_torchrun_runs_the_cli_on_two_processes(launch_run, tmp_path):
