@@ -9,7 +9,7 @@ folder and reports:
   (bar: held-out >= 0.6 while the base model's <= 0.1);
 - LoRA (r=8): trainable fraction (bar: <= 5 %) and held-out accuracy relative to full SFT (bar: >= 90 %);
 - reward model: pairwise accuracy on the eval split (bar: >= 0.9), on held-out people, agreement with the oracle;
-- PPO: oracle win-rate against SFT (bar: >= 0.65) at the KL it reports, QA within 5 points of SFT's; GRPO,
+- PPO: oracle win-rate against SFT (bar: >= 0.65) at the KL it reports, QA at most 5 points below SFT's; GRPO,
   RLOO and DPO in the same table, on the same steps and learning rate.
 """
 
@@ -77,7 +77,7 @@ def main() -> None:
             (f"{name.upper()}: KL to SFT per token (per sequence)", f"{m['eval_kl_per_token']:.3f} ({m['eval_kl_per_sequence']:.2f})", ""),
             (f"{name.upper()}: oracle score (SFT)", f"{m['eval_oracle_score']:.3f} ({m['eval_oracle_score_sft']:.3f})", ""),
             (f"{name.upper()}: QA held-out / trained (SFT)", f"{m['qa_heldout']:.2f} / {m['qa_trained']:.2f} "
-             f"({m['sft_qa_heldout']:.2f} / {m['sft_qa_trained']:.2f})", "within 0.05" if name == "ppo" else ""),
+             f"({m['sft_qa_heldout']:.2f} / {m['sft_qa_trained']:.2f})", "at most 0.05 below" if name == "ppo" else ""),
             (f"{name.upper()}: response length (SFT)", f"{m['eval_response_length']:.1f} ({m['eval_response_length_sft']:.1f})", ""),
             (f"{name.upper()}: wall time (s), steps", f"{m['train_seconds']:.0f}, {m['steps']}", ""),
         ]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from llmkit import runs
 
-# stage -> [(label, metric key, bar)]; a bar is None, (op, value), the key of SFT's value the metric must stay
-# within 0.05 of, or ("beside", key of SFT's value) to show that value without a verdict
+# stage -> [(label, metric key, bar)]; a bar is None, (op, value), the key of SFT's value the metric may fall at
+# most 0.05 below (RL must not lose what SFT knew; answering more questions right than SFT is no failure), or
+# ("beside", key of SFT's value) to show that value without a verdict
 ROWS = {
     "data": [("documents kept", "documents_out", None), ("bytes per token", "validation_bytes_per_token", None)],
     "pretrain": [("base fact completion", "fact_completion", (">=", 0.8)), ("validation bits per byte", "val_bpb", None),
@@ -33,9 +34,9 @@ for method in ("grpo", "rloo", "dpo"):
 def _verdict(value: float, bar, metrics: dict) -> str:
     if bar is None or bar[0] == "beside":
         return ""
-    if isinstance(bar, str):  # must stay within 5 points of the SFT model's, 5 points included: 4 of 80 questions
-        # is 0.05 exactly, which float subtraction makes 0.0500000000000000x (0.775 − 0.725)
-        return "met" if abs(value - metrics[bar]) <= 0.05 + 1e-9 else "**not met**"
+    if isinstance(bar, str):  # at most 5 points below the SFT model's, 5 included: 16 of 320 questions is 0.05
+        # exactly, which float subtraction can make 0.0500000000000000x (0.775 − 0.725)
+        return "met" if metrics[bar] - value <= 0.05 + 1e-9 else "**not met**"
     op, target = bar
     ok = value >= target if op == ">=" else value <= target
     return "met" if ok else "**not met**"
@@ -45,7 +46,7 @@ def _bar_text(bar) -> str:
     if bar is None or bar[0] == "beside":
         return ""
     if isinstance(bar, str):
-        return "within 0.05 of SFT"
+        return "at most 0.05 below SFT"
     return f"{bar[0]} {bar[1]:g}"
 
 

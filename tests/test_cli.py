@@ -71,8 +71,9 @@ def test_report_verdicts_include_their_bounds():
     from llmkit.report import _verdict
 
     qa = {"sft_qa_heldout": 0.775}
-    assert _verdict(0.725, "sft_qa_heldout", qa) == "met"  # 4 of 80 questions below SFT: 0.05, inside the bar
-    assert _verdict(0.7125, "sft_qa_heldout", qa) == "**not met**"  # 5 of 80
+    assert _verdict(0.725, "sft_qa_heldout", qa) == "met"  # 0.05 below SFT: inside the bar
+    assert _verdict(0.7125, "sft_qa_heldout", qa) == "**not met**"  # 0.0625 below
+    assert _verdict(0.85, "sft_qa_heldout", qa) == "met"  # better than SFT: nothing was lost
     assert _verdict(0.9, (">=", 0.9), {}) == "met" and _verdict(0.899, (">=", 0.9), {}) == "**not met**"
 
 

@@ -48,7 +48,7 @@ class MethodConfig:
     beta: float = 0.1  # KL coefficient (GRPO: in the loss; RLOO: in the reward) / DPO's β
     eval_limit: int = 100
     eval_samples_per_prompt: int = 4  # as PPO's evaluation
-    qa_limit: int | None = 80
+    qa_limit: int | None = None  # as PPO: every QA question
     closed_world: bool | None = None
     seed: int = 0
 
