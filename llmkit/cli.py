@@ -320,8 +320,20 @@ def run_stage(stage: str, args: argparse.Namespace):
                             progress=not args.quiet and runs.is_main_process())
 
 
+def _quiet_libraries() -> None:
+    """--quiet: no progress bars from the libraries either (transformers' weight loading and saving, the
+    datasets maps inside TRL's trainers)."""
+    from datasets.utils import logging as datasets_logging
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    datasets_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        _quiet_libraries()
     if args.command in ("label", "chat"):
         try:
             return serve_labels(args) if args.command == "label" else serve_chat(args)

@@ -11,6 +11,7 @@ def _llmkit(*args, cwd):
 def test_pipeline_runs_every_stage_then_reuses_them(tmp_path):
     r = _llmkit("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "it/s]" not in r.stderr and "examples/s]" not in r.stderr, r.stderr[-2000:]  # --quiet: no bars at all
     assert "[data] done in" in r.stdout and "# Data stage report" in r.stdout
     assert "[pretrain] done in" in r.stdout and "bits/byte" in r.stdout
     assert "[sft] done in" in r.stdout and "QA held-out" in r.stdout
