@@ -3,11 +3,12 @@
     python benchmarks/rl_ceiling.py --run-dir runs/bench --markdown      # uses RUN_DIR/sft (and RUN_DIR/reward)
 
 The RL stages' headline is the oracle win-rate of the policy against the SFT model on the first 100 held-out RL
-prompts, four answers each, both sampled at temperature 0.7 (ties count half; `ppo.compare_policies`). A policy that only learned
-to sample less noisily would answer like the SFT model at a lower temperature, at the limit like its greedy
-decoding. This scores exactly those stand-ins against SFT sampled at 0.7 with the comparison's seed, so a
-win-rate bar above the greedy row asks RL to know something SFT does not. Per prompt kind, the oracle scores
-show where the SFT model itself fails. With a reward model in RUN_DIR/reward, its mean score of each is shown too.
+prompts, four answers each, both sampled at temperature 0.7 (ties count half; `ppo.compare_policies`). A policy
+that only learned to sample less noisily would answer like the SFT model at a lower temperature, at the limit
+like its greedy decoding. This scores exactly those stand-ins against SFT sampled at 0.7 with the comparison's
+seed, so a win-rate bar above the greedy row asks RL to know something SFT does not. Per prompt kind, the oracle
+scores show where the SFT model itself fails. With a reward model in RUN_DIR/reward, its mean score of each is
+shown too.
 """
 
 from __future__ import annotations

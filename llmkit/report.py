@@ -31,22 +31,29 @@ for method in ("grpo", "rloo", "dpo"):
                     ("held-out QA (SFT's)", "qa_heldout", "sft_qa_heldout")]
 
 
+def _sft_key(bar) -> str | None:
+    """The SFT metric a bar compares the value with, or shows beside it."""
+    if isinstance(bar, str):
+        return bar
+    return bar[1] if bar and bar[0] == "beside" else None
+
+
 def _verdict(value: float, bar, metrics: dict) -> str:
-    if bar is None or bar[0] == "beside":
-        return ""
     if isinstance(bar, str):  # at most 5 points below the SFT model's, 5 included: 16 of 320 questions is 0.05
         # exactly, which float subtraction can make 0.0500000000000000x (0.775 − 0.725)
         return "met" if metrics[bar] - value <= 0.05 + 1e-9 else "**not met**"
+    if bar is None or bar[0] == "beside":
+        return ""
     op, target = bar
     ok = value >= target if op == ">=" else value <= target
     return "met" if ok else "**not met**"
 
 
 def _bar_text(bar) -> str:
-    if bar is None or bar[0] == "beside":
-        return ""
     if isinstance(bar, str):
         return "at most 0.05 below SFT"
+    if bar is None or bar[0] == "beside":
+        return ""
     return f"{bar[0]} {bar[1]:g}"
 
 
@@ -70,7 +77,7 @@ def write_report(run_dir: str | Path, timings: dict[str, float | None] | None = 
                 continue
             value = m[key]
             shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-            sft_key = bar if isinstance(bar, str) else bar[1] if bar and bar[0] == "beside" else None
+            sft_key = _sft_key(bar)
             if sft_key in m:
                 shown += f" ({m[sft_key]:.3f})"
             lines.append(f"| {stage if first else ''} | {label} | {shown} | {_bar_text(bar)} | "

@@ -472,9 +472,9 @@ def _train(config, policy_dir, rm_dir, prompts, eval_prompts, final, work, progr
 def compare_policies(policy, reference, tokenizer, rm, prompts: list, config: PPOConfig, oracle=None) -> dict:
     """The trained policy against the reference (SFT) on held-out prompts, both sampled at the training
     temperature, `config.eval_samples_per_prompt` answers each, with the same seed: RM score, oracle score and
-    win-rate (ties count half), per-token KL to the reference on the policy's own samples, and response length. On the closed world also each answer's first flaw by the oracle
-    (`Oracle.flaw`), and the share of answers that are rude or rambling — the demonstrators' habits that SFT
-    imitated and the preference rule dislikes."""
+    win-rate (ties count half), per-token KL to the reference on the policy's own samples, and response length.
+    On the closed world also each answer's first flaw by the oracle (`Oracle.flaw`), and the share of answers
+    that are rude or rambling: the demonstrators' habits that SFT imitated and the preference rule dislikes."""
     prompts = list(prompts) * config.eval_samples_per_prompt
     torch.manual_seed(config.seed + 1)
     mine = generate(policy, tokenizer, prompts, config.max_new_tokens, config.temperature)
