@@ -95,7 +95,7 @@ class PPOConfig:
     eval_limit: int = 100  # held-out prompts for the final evaluation
     eval_samples_per_prompt: int = 4  # answers per held-out prompt and side: 400 comparisons, not 100 (less noise)
     qa_limit: int | None = None  # closed-world QA questions per split after training (None: all 320 / 480, ~10 s).
-    # The first 80 were too few for a 5-point bar: two seeds of PPO read +2.5 / -6.3 points there, +6.9 / -3.8 on all
+    # The first 80 were too few for a 5-point bar: two seeds of PPO read +2.5 / -6.3 points there, +6.9 / -3.7 on all
     closed_world: bool | None = None  # None: on with the bundled prompts (oracle scores logged and evaluated)
     stage_name: str | None = None  # output folder name; None: "ppo"
     seed: int = 0
