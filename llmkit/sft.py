@@ -20,6 +20,7 @@ beside the base model's accuracy on the same questions.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -52,7 +53,10 @@ class SFTConfig:
     max_steps: int = -1  # > 0 overrides epochs
     learning_rate: float | None = None  # None: 1e-3 full, 3e-3 LoRA
     batch_size: int = 32  # conversations per optimizer step
-    micro_batch_size: int | None = None  # per forward pass (gradient accumulation makes up the rest)
+    micro_batch_size: int | None = 8  # per forward pass, on average when balance_lengths is on (accumulation
+    # makes up the rest)
+    balance_lengths: bool = True  # sort each step's conversations by length into micro-batches: less padding,
+    # the same loss (TRL divides by the step's answer tokens however they are split)
     max_length: int = 256  # tokens per conversation (longer ones are truncated)
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
@@ -118,6 +122,7 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
     args = TRLConfig(
         output_dir=str(work / "trainer"), per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
         gradient_accumulation_steps=accumulation, num_train_epochs=epochs(config),
+        train_sampling_strategy=sampling_strategy(config.balance_lengths, accumulation),
         max_steps=config.max_steps, learning_rate=learning_rate(config), lr_scheduler_type="cosine",
         warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_length=config.max_length,
         assistant_only_loss=True, packing=packing(config), eval_strategy="steps", eval_steps=config.eval_every,
@@ -131,7 +136,7 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
 
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+    trainer = length_balanced(SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                          eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
                          peft_config=peft_config, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # llmkit writes log.jsonl and the monitor shows it
@@ -146,6 +151,32 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
         if keep_rows is not None:
             trainer.add_callback(keep_rows)
     return trainer
+
+
+def sampling_strategy(balance_lengths: bool, accumulation: int) -> str:
+    """The transformers Trainer's `train_sampling_strategy`: "batch_rebalance" sorts the examples of each
+    optimizer step by length and cuts them into `accumulation` micro-batches of about equal cost (more short
+    examples in one, fewer long ones in another), so that little compute goes to padding. Same examples per
+    step as "random"; with one micro-batch a step there is nothing to balance."""
+    return "batch_rebalance" if balance_lengths and accumulation > 1 else "random"
+
+
+@functools.cache
+def length_balanced(trainer_class: type) -> type:
+    """`trainer_class` (a transformers Trainer) whose length-balanced sampler shuffles by the run's seed:
+    transformers 5.24 builds its `BatchRebalanceSampler` with that class's own seed (42), whatever
+    `seed` / `data_seed` say."""
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+
+    class LengthBalanced(trainer_class):
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, BatchRebalanceSampler):
+                sampler.seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return sampler
+
+    LengthBalanced.__name__ = LengthBalanced.__qualname__ = f"LengthBalanced{trainer_class.__name__}"
+    return LengthBalanced
 
 
 def chat_token_ids(tokenizer) -> list[int]:

@@ -179,3 +179,32 @@ def test_missing_base_model_says_what_to_do_and_writes_nothing(tmp_path):
     assert not any(tmp_path.iterdir())
     with pytest.raises(reward.RewardError, match="not a reward-model folder"):
         reward.RewardModel.load(tmp_path)
+
+
+def test_length_balanced_micro_batches_give_the_steps_loss_with_less_padding(base_model, tmp_path):
+    """A step's 16 pairs, sorted by length into micro-batches of different sizes (transformers'
+    BatchRebalanceSampler), add up to exactly the loss of the 16 pairs in one batch, over fewer padded tokens."""
+    from llmkit.sft import load_chat_tokenizer
+
+    config = reward.RewardConfig(base_model=str(base_model), batch_size=16, micro_batch_size=4, max_examples=64,
+                                 center_rewards_coefficient=0.01)
+    tokenizer = load_chat_tokenizer(base_model, tmp_path)
+    train_rows, eval_rows, _ = reward.load_pairs(config, tmp_path)
+    trainer = reward.build_trainer(config, tokenizer, base_model, train_rows, eval_rows, tmp_path)
+    assert trainer.args.train_sampling_strategy == "batch_rebalance"
+    step = list(trainer.get_train_dataloader().batch_sampler)[:4]  # the 4 micro-batches of the first step
+    assert sum(len(m) for m in step) == 16 and len({len(m) for m in step}) > 1
+    model = trainer.model
+
+    def collate(indices):
+        return {k: v.to(trainer.args.device) for k, v in
+                trainer.data_collator([trainer.train_dataset[i] for i in indices]).items()}
+
+    whole = collate([i for m in step for i in m])
+    parts = [collate(m) for m in step]
+    with torch.no_grad():
+        one_batch = trainer.compute_loss(model.eval(), dict(whole)).item()  # TRL's loss: the mean over 16 pairs
+        model.train()  # the model has no dropout: eval and train compute the same function
+        summed = sum(trainer.compute_loss(model, dict(p)).item() for p in parts) / 4  # Trainer: / accumulation
+    assert summed == pytest.approx(one_batch, rel=1e-5)
+    assert sum(p["input_ids"].numel() for p in parts) < 0.9 * whole["input_ids"].numel()

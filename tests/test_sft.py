@@ -190,3 +190,35 @@ def test_sft_on_alpaca_file(base_model, tmp_path):
                      progress=False)
     assert result.metrics["train_examples"] == 38 and result.metrics["eval_examples"] == 2
     assert "qa_heldout" not in result.metrics  # not the closed world: no closed-world QA
+
+
+def test_length_balanced_micro_batches_give_the_steps_loss_and_follow_the_seed(base_model, tmp_path):
+    """A step's 16 conversations, sorted by length into micro-batches of different sizes, add up to the loss of
+    the 16 in one batch (a mean over all their answer tokens) over fewer padded tokens; the order follows `seed`."""
+    tokenizer, model = sft.load_base(base_model, tmp_path)
+    rows, _ = sft.load_conversations(sft.SFTConfig())
+    config = sft.SFTConfig(batch_size=16, micro_batch_size=4)
+    trainer = sft.build_trainer(config, tokenizer, model, rows[:160], rows[:8], tmp_path)
+    assert trainer.args.train_sampling_strategy == "batch_rebalance"
+    loader = trainer.get_train_dataloader()
+    step = list(loader.batch_sampler)[:4]  # the 4 micro-batches of the first step
+    assert sum(len(m) for m in step) == 16 and len({len(m) for m in step}) > 1
+
+    def collate(indices):
+        return trainer.data_collator([trainer.train_dataset[i] for i in indices])
+
+    parts = [collate(m) for m in step]
+    whole = collate([i for m in step for i in m])
+    _, n_items = trainer.get_batch_samples(iter(parts), len(parts), trainer.args.device)
+    assert n_items == (whole["labels"] != -100).sum()
+    with torch.no_grad():
+        one_batch = trainer.compute_loss(trainer.model, dict(whole)).item()
+        summed = sum(trainer.compute_loss(trainer.model, dict(p), num_items_in_batch=n_items).item() for p in parts)
+    assert summed == pytest.approx(one_batch, rel=1e-5)
+    assert sum(p["input_ids"].numel() for p in parts) < 0.9 * whole["input_ids"].numel()
+
+    again = sft.build_trainer(config, tokenizer, model, rows[:160], rows[:8], tmp_path)
+    other = sft.build_trainer(sft.SFTConfig(batch_size=16, micro_batch_size=4, seed=1), tokenizer, model,
+                              rows[:160], rows[:8], tmp_path)
+    assert list(again.get_train_dataloader().batch_sampler)[:4] == step
+    assert list(other.get_train_dataloader().batch_sampler)[:4] != step
