@@ -107,6 +107,30 @@ def test_rollouts_stop_at_eos_and_use_the_kv_cache(base_model):
     assert torch.isfinite(logp[r.mask.bool()]).all() and (logp[r.mask.bool()] < 0).all()
 
 
+def test_a_minibatch_without_its_unused_padding_gets_the_same_log_probs_and_values(base_model):
+    """Rollouts of prompts and answers of different lengths; a minibatch of the short ones, trimmed of the columns
+    none of them uses, gets the same log-probabilities and values as in the full-width batch."""
+    tok = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model).eval()
+    value = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1).eval()
+    torch.manual_seed(0)
+    prompts = ["Hi?", "Where was Ada born, and in which year, and what did she do for a living all her life?",
+               "Hello?", "Tell me about Elmford."]
+    r = ppo.generate(model, tok, prompts, max_new_tokens=12)
+    lengths = r.mask.sum(-1)
+    idx = torch.tensor([0, 2])  # two short prompts; trimmed down to their longer answer
+    ids, att, n_prompt, width = ppo.trim_padding(r.input_ids[idx], r.attention_mask[idx], r.n_prompt, r.mask[idx])
+    assert n_prompt < r.n_prompt and width == int(lengths[idx].max())
+    assert att.sum() == r.attention_mask[idx].sum()  # no real token was cut
+    m = r.mask[idx, :width].bool()
+    with torch.no_grad():
+        full = ppo.response_logprobs(model, r.input_ids[idx], r.attention_mask[idx], r.n_prompt, 0.7)[:, :width]
+        trimmed = ppo.response_logprobs(model, ids, att, n_prompt, 0.7)
+        v_full = ppo.token_values(value, r.input_ids[idx], r.attention_mask[idx], r.n_prompt)[:, :width]
+        v_trimmed = ppo.token_values(value, ids, att, n_prompt)
+    assert torch.allclose(trimmed[m], full[m], atol=1e-5) and torch.allclose(v_trimmed[m], v_full[m], atol=1e-5)
+
+
 def test_ppo_raises_a_toy_reward_within_a_few_steps(base_model):
     tok = AutoTokenizer.from_pretrained(base_model)
     torch.manual_seed(0)

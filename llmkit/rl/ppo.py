@@ -226,6 +226,16 @@ def token_values(value_model, input_ids: torch.Tensor, attention_mask: torch.Ten
     return value_model.score(hidden)[:, n_prompt - 1:-1, 0].float()
 
 
+def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_prompt: int, mask: torch.Tensor):
+    """(input_ids, attention_mask, prompt width, response width) of a minibatch of rollouts without the columns
+    none of its rows uses: the prompt padding they all share on the left, and the positions past their longest
+    response. Positions come from the attention mask, so the model computes the same on every remaining token;
+    the rollout batch is as wide as its longest prompt and longest answer, a minibatch of 8 often much less."""
+    lead = int(attention_mask[:, :n_prompt].any(0).float().argmax())  # the first column a prompt uses
+    width = int(mask.sum(-1).max())
+    return input_ids[:, lead:n_prompt + width], attention_mask[:, lead:n_prompt + width], n_prompt - lead, width
+
+
 @dataclass
 class Rollout:
     prompts: list
@@ -330,11 +340,12 @@ class PPOTrainer:
             self.rng.shuffle(order)
             for i in range(0, len(order), c.mini_batch_size):
                 idx = torch.tensor(order[i:i + c.mini_batch_size], device=mask.device)
-                ids, att, m = r.input_ids[idx], r.attention_mask[idx], mask[idx]
-                logp = response_logprobs(self.policy, ids, att, r.n_prompt, c.temperature)
-                pl, ps = policy_loss(logp, old_logp[idx], advantages[idx], m, c.cliprange)
-                vpred = token_values(self.value_model, ids, att, r.n_prompt)
-                vl, vs = value_loss(vpred, old_values[idx], returns[idx], m, c.cliprange_value)
+                ids, att, n_prompt, width = trim_padding(r.input_ids[idx], r.attention_mask[idx], r.n_prompt, mask[idx])
+                m = mask[idx, :width]
+                logp = response_logprobs(self.policy, ids, att, n_prompt, c.temperature)
+                pl, ps = policy_loss(logp, old_logp[idx, :width], advantages[idx, :width], m, c.cliprange)
+                vpred = token_values(self.value_model, ids, att, n_prompt)
+                vl, vs = value_loss(vpred, old_values[idx, :width], returns[idx, :width], m, c.cliprange_value)
                 loss = pl + c.vf_coef * vl
                 self.opt.zero_grad()
                 self.value_opt.zero_grad()
