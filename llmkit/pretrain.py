@@ -22,6 +22,7 @@ resumed run sees exactly the batches an uninterrupted one would have. The finish
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -436,7 +437,14 @@ def save_checkpoint(checkpoints: Path, step: int, elapsed: float, accelerator) -
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    # The output layer is the token embedding (tied): accelerate says at every save that it stored it once.
+    shared_tensor_warning = logging.getLogger("accelerate.utils.other")
+    level = shared_tensor_warning.level
+    shared_tensor_warning.setLevel(logging.ERROR)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    finally:
+        shared_tensor_warning.setLevel(level)
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "elapsed_s": elapsed}))
         os.replace(tmp, target) if not target.exists() else (shutil.rmtree(target), os.replace(tmp, target))
