@@ -85,7 +85,23 @@ def write_report(run_dir: str | Path, timings: dict[str, float | None] | None = 
             first = False
         if (folder / "curves.png").exists():
             plots.append(f"### {stage}\n\n![{stage} curves]({stage}/curves.png)\n")
+    lines += _timing_note(run_dir, timings)
     lines += ["", "## Curves", "", *plots]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _timing_note(run_dir: Path, timings: dict) -> list[str]:
+    """The total wall time of the stages that ran, and the machine's speed as pretraining measured it: times
+    only compare between machines of about the same matmul peak."""
+    ran = [t for t in timings.values() if isinstance(t, (int, float))]
+    pretrain = runs.stage_dir(run_dir, "pretrain")
+    peak = runs.read_metrics(pretrain).get("peak_flops") if runs.finished(pretrain) else None
+    if not ran and not peak:
+        return []
+    parts = [f"Wall time of the stages run this time: {sum(ran):.0f} s."] if ran else []
+    if isinstance(peak, (int, float)):
+        parts.append(f"Pretraining measured this machine's matmul peak at {peak / 1e9:.0f} GFLOP/s "
+                     "(`peak_flops` in pretrain/metrics.json); wall times scale with it.")
+    return ["", " ".join(parts)]
