@@ -98,3 +98,18 @@ def test_missing_reward_model_and_bad_settings_are_reported(rl_run, tmp_path):
     with pytest.raises(Exception, match=r"prompts.jsonl:2: a prompt row needs `prompt`"):
         ppo.run(ppo.config_for("smoke", prompts=str(bad)), run, progress=False)
     assert not (run / "ppo").exists() and not (run / ".ppo.partial").exists()
+
+
+def test_the_references_qa_is_read_from_its_sft_stage_when_it_asked_the_same_questions(base_model, tmp_path):
+    import shutil
+
+    sft_dir = tmp_path / "sft"
+    shutil.copytree(base_model, sft_dir)
+    (sft_dir / "metrics.json").write_text(json.dumps({"qa_heldout": 0.123, "qa_trained": 0.456}))
+    (sft_dir / "stage_config.json").write_text(json.dumps({"qa_limit": 4}))
+    tok = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model)
+    same = ppo._qa(model, model, tok, 4, sft_dir)
+    assert (same["sft_qa_heldout"], same["sft_qa_trained"]) == (0.123, 0.456)
+    other = ppo._qa(model, model, tok, 5, sft_dir)  # other questions: measured again, on the model itself
+    assert other["sft_qa_heldout"] == other["qa_heldout"] and other["sft_qa_trained"] == other["qa_trained"]

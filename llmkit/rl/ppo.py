@@ -473,7 +473,7 @@ def _train(config, policy_dir, rm_dir, prompts, eval_prompts, final, work, progr
     write_jsonl(work / "eval_samples.jsonl", comparison.pop("rows"))
     metrics.update(comparison)
     if closed_world:
-        metrics.update(_qa(model, ref, tokenizer, config.qa_limit))
+        metrics.update(_qa(model, ref, tokenizer, config.qa_limit, policy_dir))
     save_curves(work)
     return runs.commit(work, final, config, metrics)
 
@@ -521,14 +521,23 @@ def compare_policies(policy, reference, tokenizer, rm, prompts: list, config: PP
     return out
 
 
-def _qa(model, reference, tokenizer, limit) -> dict:
+def _qa(model, reference, tokenizer, limit, reference_dir: Path | None = None) -> dict:
+    """Closed-world QA of the trained policy and of the reference. The reference's is read from its stage's
+    metrics.json when that stage (an llmkit SFT run) measured it on the same questions: the same greedy
+    answers by the same function, and 800 fewer to generate."""
     from llmkit.evaluate import qa_accuracy
 
+    known = {}
+    if reference_dir is not None and runs.finished(reference_dir):
+        config_file = Path(reference_dir) / runs.STAGE_CONFIG
+        if config_file.exists() and json.loads(config_file.read_text()).get("qa_limit", "absent") == limit:
+            known = runs.read_metrics(reference_dir)
     out = {}
     for split in ("heldout", "trained"):
         rows = read_jsonl(bundled_path(f"qa_{split}.jsonl"))[:limit]
         out[f"qa_{split}"] = qa_accuracy(model, tokenizer, rows)["accuracy"]
-        out[f"sft_qa_{split}"] = qa_accuracy(reference, tokenizer, rows)["accuracy"]
+        out[f"sft_qa_{split}"] = (known[f"qa_{split}"] if f"qa_{split}" in known
+                                  else qa_accuracy(reference, tokenizer, rows)["accuracy"])
     return out
 
 

@@ -163,6 +163,6 @@ def _train(config, policy_dir, rm_dir, prompts, eval_prompts, pairs, final, work
                "steps": trainer.state.global_step, "train_seconds": train_seconds,
                "seconds_per_step": train_seconds / max(1, trainer.state.global_step), **comparison}
     if closed_world:
-        metrics.update(ppo._qa(model, reference, tokenizer, config.qa_limit))
+        metrics.update(ppo._qa(model, reference, tokenizer, config.qa_limit, policy_dir))
     save_curves(work)
     return runs.commit(work, final, config, metrics)
