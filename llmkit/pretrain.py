@@ -485,8 +485,8 @@ def _default_prompts(closed_world: bool, tokenizer, val: torch.Tensor) -> list[s
 def _is_closed_world(config: PretrainConfig, run_dir: Path) -> bool:
     if config.data or config.base_model:
         return False
-    cfg = run_dir / "data" / runs.STAGE_CONFIG
-    return cfg.exists() and json.loads(cfg.read_text()).get("corpus") is None
+    cfg = runs.read_stage_config(run_dir / "data")
+    return cfg is not None and cfg.get("corpus") is None
 
 
 _PEAK_CACHE: dict[str, float] = {}

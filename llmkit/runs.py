@@ -44,6 +44,12 @@ def read_metrics(path: str | Path) -> dict:
     return json.loads((Path(path) / "metrics.json").read_text(encoding="utf-8"))
 
 
+def read_stage_config(path: str | Path) -> dict | None:
+    """The config a finished stage ran with (its STAGE_CONFIG file), or None where it has none."""
+    file = Path(path) / STAGE_CONFIG
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+
+
 def reuse_or_start(run_dir: str | Path, stage: str, overwrite: bool, resumable: bool = False) -> tuple[Path, Path | None]:
     """(final folder, work folder to write into) — the work folder is None when the finished stage is to be
     reused. The work folder `.<stage>.partial` survives a crash; a resumable stage continues from what it

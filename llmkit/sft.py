@@ -137,8 +137,8 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
     trainer = length_balanced(SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
-                         eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=list(callbacks))
+                                          eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
+                                          peft_config=peft_config, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # llmkit writes log.jsonl and the monitor shows it
     if config.freeze_embeddings or config.lora:
         # Full SFT otherwise rewrites the embeddings of the names it trains on (tied to the output layer), and

@@ -527,11 +527,10 @@ def _qa(model, reference, tokenizer, limit, reference_dir: Path | None = None) -
     answers by the same function, and 800 fewer to generate."""
     from llmkit.evaluate import qa_accuracy
 
-    known = {}
-    if reference_dir is not None and runs.finished(reference_dir):
-        config_file = Path(reference_dir) / runs.STAGE_CONFIG
-        if config_file.exists() and json.loads(config_file.read_text()).get("qa_limit", "absent") == limit:
-            known = runs.read_metrics(reference_dir)
+    stage_config = (runs.read_stage_config(reference_dir)
+                    if reference_dir is not None and runs.finished(reference_dir) else None)
+    same_questions = stage_config is not None and stage_config.get("qa_limit", "absent") == limit
+    known = runs.read_metrics(reference_dir) if same_questions else {}
     out = {}
     for split in ("heldout", "trained"):
         rows = read_jsonl(bundled_path(f"qa_{split}.jsonl"))[:limit]
