@@ -68,6 +68,8 @@ def _add_pretrain_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--micro-batch-size", type=int, help="sequences per forward pass on one device")
     g.add_argument("--seq-len", type=int, help="tokens per training row")
     g.add_argument("--learning-rate", type=float, help="peak learning rate")
+    g.add_argument("--optimizer", choices=["adamw", "muon"],
+                   help="for the transformer's matrices (default: the preset's, AdamW); Muon needs fewer steps")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
 
 
@@ -75,7 +77,7 @@ def _pretrain_config(args: argparse.Namespace) -> pretrain.PretrainConfig:
     overrides = {k: v for k, v in {
         "base_model": args.base_model, "data": args.pretrain_data, "depth": args.depth, "max_steps": args.max_steps,
         "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size, "seq_len": args.seq_len,
-        "learning_rate": args.learning_rate, "compile": args.compile or None, "text_field": args.text_field,
+        "learning_rate": args.learning_rate, "optimizer": args.optimizer, "compile": args.compile or None, "text_field": args.text_field,
     }.items() if v is not None}
     return pretrain.config_for(args.preset, **overrides)
 

@@ -23,6 +23,7 @@ class ModelPreset:
     batch_size: int  # sequences per optimizer step, before gradient accumulation is split out
     weight_decay: float = 0.1  # AdamW's, on the transformer's weight matrices (not norms, not embeddings)
     micro_batch_size: int | None = None  # sequences per forward pass on one device; None: the whole batch
+    optimizer: str = "adamw"  # for the transformer's matrices: "adamw", or "muon" (llmkit.muon)
 
     @property
     def width(self) -> int:

@@ -55,6 +55,10 @@ def test_pretrain_help_lists_its_options():
     help_text = build_parser()._subparsers._group_actions[0].choices["pretrain"].format_help()
     for option in ("--data", "--base-model", "--depth", "--max-steps", "--batch-size", "--seq-len", "--compile"):
         assert option in help_text
+    from llmkit.cli import _pretrain_config
+
+    assert _pretrain_config(build_parser().parse_args(["pretrain", "--run-dir", "r", "--optimizer", "muon"])).optimizer == "muon"
+    assert _pretrain_config(build_parser().parse_args(["pretrain", "--run-dir", "r"])).optimizer is None  # the preset's
 
 
 def test_reward_options_reach_the_config():

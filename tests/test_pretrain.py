@@ -70,23 +70,33 @@ KILL_AT_STEP_8 = textwrap.dedent("""
 """)
 
 
-def test_killed_run_resumes_to_the_same_final_loss(tmp_path, smoke_data):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])  # Muon: two optimizers' states in the checkpoint
+def test_killed_run_resumes_to_the_same_final_loss(tmp_path, smoke_data, optimizer):
+    config = {**SMALL, "optimizer": optimizer}
     straight = _run_dir(tmp_path, smoke_data, "straight")
-    expected = pretrain.run(pretrain.PretrainConfig(**SMALL), straight, progress=False).metrics
+    expected = pretrain.run(pretrain.PretrainConfig(**config), straight, progress=False).metrics
+    assert expected["optimizer"] == optimizer
 
     resumed = _run_dir(tmp_path, smoke_data, "resumed")
-    script = KILL_AT_STEP_8.format(config=repr(SMALL))
+    script = KILL_AT_STEP_8.format(config=repr(config))
     proc = subprocess.run([sys.executable, "-c", script, str(resumed)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     partial = resumed / ".pretrain.partial"
     assert [p.name for p in (partial / "checkpoints").glob("step-*")] == ["step-0000006"]
     assert not (resumed / "pretrain").exists()
 
-    result = pretrain.run(pretrain.PretrainConfig(**SMALL), resumed, progress=False)
+    result = pretrain.run(pretrain.PretrainConfig(**config), resumed, progress=False)
     assert result.metrics["train_loss"] == pytest.approx(expected["train_loss"], abs=1e-5)
     assert result.metrics["val_loss"] == pytest.approx(expected["val_loss"], abs=1e-5)
     steps = [r["step"] for r in _log(resumed) if "val_loss" in r]
     assert steps == [1, 4, 8, 12]  # the log continues; the killed run's step-8 record was replaced
+
+
+def test_an_unknown_optimizer_is_refused_before_training(tmp_path, smoke_data):
+    run_dir = _run_dir(tmp_path, smoke_data)
+    with pytest.raises(PretrainError, match=r"PretrainConfig.optimizer is 'sgd'; choose 'muon' or 'adamw'"):
+        pretrain.run(pretrain.PretrainConfig(**SMALL, optimizer="sgd"), run_dir, progress=False)
+    assert not (run_dir / "pretrain").exists()
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(tmp_path, smoke_data):
