@@ -1,11 +1,14 @@
 """Base fact completion of the tiny preset across pretraining settings, on one data stage.
 
     python benchmarks/pretrain_sweep.py --run-dir runs/sweep --set weight_decay=0,0.1,0.3,1.0 --seeds 0,1 --markdown
+    python benchmarks/pretrain_sweep.py --case optimizer=adamw,max_steps=1100 --case optimizer=muon,max_steps=400
 
 Runs the data stage once (tiny preset, bundled corpus), then one full tiny-preset pretraining run per
 combination of the `--set` values and seeds, each in its own folder beside the data stage, and reports fact
 completion (overall and per attribute), validation loss and training seconds. Any PretrainConfig field can
-be swept: `--set learning_rate=0.002,0.003 --set weight_decay=0.1,1.0`. Each run takes the full 4-minute
+be swept: `--set learning_rate=0.002,0.003 --set weight_decay=0.1,1.0`. `--case` names one combination of
+fields instead (repeat it: the cases run in the order given, each with every seed), for settings that only
+make sense together, such as an optimizer and its step budget. Each run takes the full 4-minute
 budget on 2 CPU cores, so a sweep of n runs takes about 4n minutes; run nothing else beside it.
 """
 
@@ -28,6 +31,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run-dir", default="runs/sweep")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=V1,V2", help="values of a PretrainConfig field")
+    ap.add_argument("--case", action="append", default=[], metavar="FIELD=V,FIELD=V",
+                    help="one combination of PretrainConfig fields (repeatable; crossed with --set and --seeds)")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
@@ -39,9 +44,11 @@ def main() -> None:
         name, _, values = item.partition("=")
         grid[name] = [parse_value(v) for v in values.split(",")]
     grid["seed"] = [int(s) for s in args.seeds.split(",")]
+    cases = [dict((k, parse_value(v)) for k, _, v in (kv.partition("=") for kv in case.split(",")))
+             for case in args.case] or [{}]
     rows = []
-    for combo in itertools.product(*grid.values()):
-        overrides = dict(zip(grid, combo))
+    for case, combo in itertools.product(cases, itertools.product(*grid.values())):
+        overrides = {**case, **dict(zip(grid, combo))}
         label = ",".join(f"{k}={v}" for k, v in overrides.items())
         run = root / label.replace("=", "_").replace(",", "__")
         run.mkdir(parents=True, exist_ok=True)

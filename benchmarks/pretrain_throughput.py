@@ -4,7 +4,8 @@ same batch, same sequence length, in one run — and both as a fraction of this 
     python benchmarks/pretrain_throughput.py [--steps 60] [--depth 4] [--batch 32] [--seq 128] [--markdown]
 
 The plain loop is the least a training step can do: forward, backward, AdamW step, zero_grad, on batches
-sliced from one tensor. llmkit's loop adds accelerate, gradient clipping, the LR schedule, re-packed epochs
+sliced from one tensor; llmkit's runs with AdamW too (the tiny preset's default is Muon, whose step costs more
+and saves steps instead: BENCHMARKS.md, "Muon"). llmkit's loop adds accelerate, gradient clipping, the LR schedule, re-packed epochs
 and logging; its tokens/s is the median over its logging windows (evaluation and checkpointing excluded,
 as the plain loop has neither). The plain loop runs before and after llmkit's, and the two are averaged,
 so drift on a shared machine hurts neither side. MFU = tokens/s × training FLOPs per token / peak, with
@@ -65,7 +66,7 @@ def main() -> None:
         plain_before = plain_loop(tokenizer, blocks, args.depth, args.batch, args.steps)
         cfg = pretrain.PretrainConfig(depth=args.depth, batch_size=args.batch, seq_len=args.seq,
                                       max_steps=args.steps + 10, eval_every=10, save_every=10_000,
-                                      eval_sequences=8, fact_completion=False)
+                                      eval_sequences=8, fact_completion=False, optimizer="adamw")
         result = pretrain.run(cfg, run_dir, progress=False)
         plain_after = plain_loop(tokenizer, blocks, args.depth, args.batch, args.steps)
 
