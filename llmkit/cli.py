@@ -68,7 +68,7 @@ def _add_pretrain_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--micro-batch-size", type=int, help="sequences per forward pass on one device")
     g.add_argument("--seq-len", type=int, help="tokens per training row")
     g.add_argument("--learning-rate", type=float, help="peak learning rate")
-    g.add_argument("--optimizer", choices=["adamw", "muon"],
+    g.add_argument("--optimizer", choices=pretrain.OPTIMIZERS,
                    help="for the transformer's matrices (default: the preset's, AdamW); Muon needs fewer steps")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
 

@@ -42,6 +42,7 @@ from llmkit.muon import Muon
 from llmkit.tokenizer import tokenizer_fingerprint
 
 STAGE = "pretrain"
+OPTIMIZERS = ("adamw", "muon")  # for the transformer's matrices; norms and embeddings always get AdamW
 
 
 class PretrainError(ValueError):
@@ -96,11 +97,14 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    preset = _preset(config)
+    optimizer_name = config.optimizer or preset.optimizer
+    if optimizer_name not in OPTIMIZERS:
+        raise PretrainError(f"PretrainConfig.optimizer is {optimizer_name!r}; choose one of {', '.join(OPTIMIZERS)}")
     final, work = runs.reuse_or_start(run_dir, STAGE, overwrite, resumable=True)
     if work is None:
         return runs.StageResult(STAGE, final, runs.read_metrics(final), reused=True)
     run_dir = Path(run_dir)
-    preset = _preset(config)
     # The schedule counts optimizer steps, which are the same on any number of processes (accelerate's default
     # would step it once per process per step, running the warmup and decay N times too fast).
     accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision),
@@ -129,7 +133,6 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
     decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embeddings]
     no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in embeddings]
     weight_decay = config.weight_decay if config.weight_decay is not None else preset.weight_decay
-    optimizer_name = config.optimizer or preset.optimizer
     optimizers = _optimizers(optimizer_name, decay, no_decay, lr, weight_decay, fused=accelerator.device.type == "cuda")
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, config)) for o in optimizers]
     model, *prepared = accelerator.prepare(model, *optimizers, *schedulers)
@@ -233,10 +236,8 @@ def _optimizers(name: str, matrices: list, others: list, lr: float, weight_decay
     if name == "adamw":
         return [torch.optim.AdamW([{"params": matrices, "weight_decay": weight_decay},
                                    {"params": others, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95), fused=fused)]
-    if name == "muon":
-        return [Muon(matrices, lr=lr, weight_decay=weight_decay),
-                torch.optim.AdamW(others, lr=lr, betas=(0.9, 0.95), weight_decay=0.0, fused=fused)]
-    raise PretrainError(f"PretrainConfig.optimizer is {name!r}; choose 'muon' or 'adamw'")
+    return [Muon(matrices, lr=lr, weight_decay=weight_decay),
+            torch.optim.AdamW(others, lr=lr, betas=(0.9, 0.95), weight_decay=0.0, fused=fused)]
 
 
 def _truncate_log(path: Path, start_step: int) -> None:

@@ -94,9 +94,9 @@ def test_killed_run_resumes_to_the_same_final_loss(tmp_path, smoke_data, optimiz
 
 def test_an_unknown_optimizer_is_refused_before_training(tmp_path, smoke_data):
     run_dir = _run_dir(tmp_path, smoke_data)
-    with pytest.raises(PretrainError, match=r"PretrainConfig.optimizer is 'sgd'; choose 'muon' or 'adamw'"):
+    with pytest.raises(PretrainError, match=r"PretrainConfig.optimizer is 'sgd'; choose one of adamw, muon"):
         pretrain.run(pretrain.PretrainConfig(**SMALL, optimizer="sgd"), run_dir, progress=False)
-    assert not (run_dir / "pretrain").exists()
+    assert not (run_dir / "pretrain").exists() and not (run_dir / ".pretrain.partial").exists()
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(tmp_path, smoke_data):
