@@ -70,7 +70,10 @@ class Muon(torch.optim.Optimizer):
             for shape, params in by_shape.items():
                 updates = []
                 for p in params:
-                    buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:  # not setdefault: that would allocate zeros every step
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                    buf = state["momentum_buffer"]
                     buf.lerp_(p.grad, 1 - mu)
                     updates.append(p.grad.lerp(buf, mu) if group["nesterov"] else buf)
                 orthogonal = orthogonalize(torch.stack(updates), group["ns_steps"])
