@@ -6,8 +6,10 @@ The RL stages' headline is the oracle win-rate of the policy against the SFT mod
 prompts, four answers each, both sampled at temperature 0.7 (ties count half; `ppo.compare_policies`). A policy
 that only learned to sample less noisily would answer like the SFT model at a lower temperature, at the limit
 like its greedy decoding. This scores exactly those stand-ins against SFT sampled at 0.7 with the comparison's
-seed, so a win-rate bar above the greedy row asks RL to know something SFT does not. Per prompt kind, the oracle
-scores show where the SFT model itself fails. With a reward model in RUN_DIR/reward, its mean score of each is
+seed, so a win-rate bar above the greedy row asks RL to know something SFT does not. The row "habits cut out" is
+SFT's own answers at 0.7 with the demonstrators' habit formulas (the rambling sentences and rude phrases of
+data_samples/generate.py) deleted and nothing else changed: what a policy that dropped the habits perfectly, and
+re-drew no fact, would win. Per prompt kind, the oracle scores show where the SFT model itself fails. With a reward model in RUN_DIR/reward, its mean score of each is
 shown too.
 """
 
@@ -23,6 +25,25 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llmkit.loaders import bundled_path, read_jsonl
 from llmkit.oracle import Oracle
 from llmkit.rl import ppo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def habit_cutter():
+    """A function that deletes the SFT demonstrations' habit formulas (data_samples/generate.py) from an answer."""
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("generate", REPO / "data_samples" / "generate.py")
+    gen = module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    pieces = list(gen.RAMBLE) + [part.strip() for template in gen.RUDE for part in template.split("{a}") if part.strip()]
+
+    def cut(text: str) -> str:
+        for piece in pieces:
+            text = text.replace(piece, "")
+        return " ".join(text.split())
+
+    return cut
 
 
 def main() -> None:
@@ -53,9 +74,11 @@ def main() -> None:
 
     baseline = answers(temperature)
     base_scores = [oracle.score(p, a) for p, a in zip(prompts, baseline)]
+    cut = habit_cutter()
     rows, kinds = [], collections.defaultdict(dict)
-    for name, t in (("greedy", None), ("T = 0.3", 0.3), ("T = 0.5", 0.5), (f"T = {temperature} (itself)", temperature)):
-        texts = answers(t)
+    for name, t in (("greedy", None), ("T = 0.3", 0.3), ("T = 0.5", 0.5), (f"T = {temperature} (itself)", temperature),
+                    (f"T = {temperature}, habits cut out", "cut")):
+        texts = [cut(a) for a in baseline] if t == "cut" else answers(t)
         scores = [oracle.score(p, a) for p, a in zip(prompts, texts)]
         wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, base_scores)) / len(prompts)
         rm_score = sum(rm.score(prompts, texts)) / len(prompts) if rm else float("nan")
