@@ -44,7 +44,7 @@ PRESETS: dict[str, ModelPreset] = {
     # Depth 4, not 3: depth 3 runs the whole pipeline in about 9.5 minutes on a 2-core CPU of ~120 GFLOP/s (depth
     # 4: 16.5), but PPO's win-rate then sits at its 0.65 bar (0.649 over five runs; depth 4: 0.695).
     # AdamW, not Muon: Muon stores more facts in 400 steps than AdamW in 1100 (0.96 vs 0.90, 0.62x the time), but
-    # PPO on the better SFT model built on it misses its bars (win-rate 0.56-0.60): the RM's off-topic blind spot.
+    # PPO on the better SFT model built on it misses its bars (win-rate 0.45-0.60 in seven runs; BENCHMARKS.md).
     "tiny": ModelPreset(depth=4, seq_len=128, batch_size=8, weight_decay=1.0),
     "small": ModelPreset(depth=8, seq_len=512, batch_size=64),  # one consumer GPU, ~30 M
     # GPT-2-small-sized, ~124 M with a 50k vocab. Micro-batches of 32: 23 GiB, 0.97x the speed of 64 (45 GiB) on

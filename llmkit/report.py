@@ -24,11 +24,14 @@ ROWS = {
                ("agreement with the oracle, fresh SFT answers", "oracle_agreement", None)],
     "ppo": [("oracle win-rate vs SFT", "oracle_win_rate", (">=", 0.65)), ("KL to SFT per token", "eval_kl_per_token", None),
             ("held-out QA (SFT's)", "qa_heldout", "sft_qa_heldout"), ("trained QA (SFT's)", "qa_trained", "sft_qa_trained"),
-            ("rude or rambling answers (SFT's)", "eval_habit_rate", ("beside", "eval_habit_rate_sft"))],
+            ("rude or rambling answers (SFT's)", "eval_habit_rate", ("beside", "eval_habit_rate_sft")),
+            # the win-rate is relative: the better the SFT model, the less there is to win against it
+            ("oracle score of its answers (SFT's)", "eval_oracle_score", ("beside", "eval_oracle_score_sft"))],
 }
 for method in ("grpo", "rloo", "dpo"):
     ROWS[method] = [("oracle win-rate vs SFT", "oracle_win_rate", None), ("KL to SFT per token", "eval_kl_per_token", None),
-                    ("held-out QA (SFT's)", "qa_heldout", "sft_qa_heldout")]
+                    ("held-out QA (SFT's)", "qa_heldout", "sft_qa_heldout"),
+                    ("oracle score of its answers (SFT's)", "eval_oracle_score", ("beside", "eval_oracle_score_sft"))]
 
 
 def _sft_key(bar) -> str | None:

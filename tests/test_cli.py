@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -32,6 +33,8 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path):
     assert "| ppo | oracle win-rate vs SFT |" in report and "| reward | pairwise accuracy" in report
     assert "reused" in report and "![ppo curves](ppo/curves.png)" in report
     assert "matmul peak at" in report and "GFLOP/s" in report  # wall times mean little without the machine's speed
+    # the absolute oracle score beside SFT's: the win-rate alone cannot say how good the answers are
+    assert re.search(r"\| oracle score of its answers \(SFT's\) \| \d\.\d{3} \(\d\.\d{3}\) \|", report)
 
 
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
