@@ -42,7 +42,8 @@ PRESETS: dict[str, ModelPreset] = {
     # because RMSNorm makes much of the network close to scale-invariant, so shrinking the matrices raises their
     # effective learning rate, without the divergence a larger raw learning rate brings (6e-3: 0.19).
     # Depth 4, not 3: depth 3 runs the whole pipeline in about 9.5 minutes on a 2-core CPU of ~120 GFLOP/s (depth
-    # 4: 16.5), but PPO's win-rate then sits at its 0.65 bar (0.649 over five runs; depth 4: 0.695).
+    # 4: 16.5), but PPO's win-rate then sits at its 0.65 bar (0.651 over ten runs; depth 4: 0.695), and LoRA r=8
+    # would train 5.0 % of its weights before the embedding rows of unseen tokens (the LoRA bar: at most 5 %).
     # AdamW, not Muon: Muon stores more facts in 400 steps than AdamW in 1100 (0.96 vs 0.90, 0.62x the time), but
     # PPO on the better SFT model built on it misses its bars (win-rate 0.45-0.60 in seven runs; BENCHMARKS.md).
     "tiny": ModelPreset(depth=4, seq_len=128, batch_size=8, weight_decay=1.0),
