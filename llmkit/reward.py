@@ -82,6 +82,8 @@ class RewardConfig:
     head: str = "likelihood"  # likelihood (last-token head + gated SFT log-probs of the answer) or last_token
     gate_bias: float = -2.0  # likelihood head: each token's weight starts at softplus(-2) = 0.13
     logp_floor: float = -5.0  # likelihood head: a token's log-probability counts down to here, no lower
+    cache_reference: bool = True  # likelihood head: each training or eval sequence goes through the frozen
+    # reference once, not once per epoch and evaluation (LikelihoodRewardModel.reference_logprobs)
     seed: int = 0
 
     def __post_init__(self):
@@ -180,6 +182,7 @@ class LikelihoodRewardModel(torch.nn.Module):
         self.gate = torch.nn.Linear(classifier.config.hidden_size, 1)
         torch.nn.init.zeros_(self.gate.weight)
         torch.nn.init.constant_(self.gate.bias, gate_bias)
+        self.reference_cache: dict | None = None  # see reference_logprobs
 
     @property
     def config(self):
@@ -210,15 +213,40 @@ class LikelihoodRewardModel(torch.nn.Module):
         rows, width = input_ids.shape
         last = attention_mask.sum(1) - 1  # right padding, as TRL's collator and score() pad
         head = classifier.score(h[torch.arange(rows, device=h.device), last]).squeeze(-1)
-        with torch.no_grad():  # log p of each next token: its logit minus the logsumexp, no full log-softmax copy
-            logits = self.reference(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-            logp = logits.gather(-1, input_ids[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)
+        logp = self.reference_logprobs(input_ids, attention_mask)
         pos = torch.arange(width, device=h.device)
         starts = torch.where(input_ids == self.header_ids[0], pos, torch.full_like(pos, -1)).max(1).values
         token_pos = pos[1:][None]  # logp[:, j] is the log-probability of the token at position j + 1
         answer = (token_pos >= (starts + len(self.header_ids))[:, None]) & (token_pos <= last[:, None])
         weight = torch.nn.functional.softplus(self.gate(h[:, :-1]).squeeze(-1).float())  # read before the token
         return head, logp.clamp(min=self.logp_floor), weight, answer
+
+    @torch.no_grad()
+    def reference_logprobs(self, input_ids, attention_mask):
+        """log p_reference of each next token [rows, width-1] (entry j: the token at j + 1; right padding), unfloored.
+
+        While `reference_cache` is a dict (the reward stage sets one while it trains: the reference is frozen, so
+        a pair's log-probabilities are the same in every epoch and evaluation), rows seen before are read from it
+        and only the others go through the reference: at 2 epochs, half the reference passes."""
+        def through_reference(ids, mask):  # a next token's logit minus the logsumexp: no full log-softmax copy
+            logits = self.reference(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            return logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+        if self.reference_cache is None:
+            return through_reference(input_ids, attention_mask)
+        lengths = attention_mask.sum(1).tolist()
+        keys = [tuple(row[:n]) for row, n in zip(input_ids.tolist(), lengths)]
+        new = [i for i, k in enumerate(keys) if k not in self.reference_cache]
+        if new:
+            width = max(lengths[i] for i in new)
+            rows = torch.tensor(new, device=input_ids.device)
+            fresh = through_reference(input_ids[rows, :width], attention_mask[rows, :width])
+            for j, i in enumerate(new):
+                self.reference_cache[keys[i]] = fresh[j, :lengths[i] - 1]
+        out = torch.zeros(input_ids.shape[0], input_ids.shape[1] - 1, device=input_ids.device)
+        for i, (key, n) in enumerate(zip(keys, lengths)):
+            out[i, :n - 1] = self.reference_cache[key]
+        return out
 
     def save_pretrained(self, folder: str | Path, **kwargs):
         import json
@@ -459,8 +487,13 @@ def _train(config, base, tokenizer, train_rows, eval_rows, n_labels, final, work
             raise RewardError("the likelihood head is not supported under FSDP or DeepSpeed yet: use DDP "
                               "(configs/accelerate/multi_gpu.yaml) or head='last_token'")
         total -= sum(p.numel() for p in trainer.model.reference.parameters())  # the frozen copy is not the RM's
+        trainer.model.reference_cache = {} if config.cache_reference else None
     start = time.perf_counter()
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        if isinstance(trainer.model, LikelihoodRewardModel):
+            trainer.model.reference_cache = None  # what scores after training meet is new: nothing to reuse
     train_seconds = time.perf_counter() - start
     model = gathered_model(trainer)
     if model is None:  # under several processes the main one saves and evaluates

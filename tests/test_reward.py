@@ -124,6 +124,31 @@ def test_likelihood_head_adds_the_references_log_probabilities_of_the_answer_tok
     assert not any(p.requires_grad for p in loaded.model.reference.parameters())
 
 
+def test_reference_cache_gives_the_same_scores_and_runs_only_new_rows_through_the_reference(base_model):
+    """While the reward stage trains, a likelihood RM keeps each sequence's reference log-probabilities: a pair
+    seen before (the next epoch, the next evaluation) costs no second reference pass, and scores do not change."""
+    rm, _, reference = _likelihood_rm(base_model)
+    torch.nn.init.normal_(rm.model.gate.weight, std=0.5)
+    prompts, answers = ["Where was Ada born?", "Who is Bo?"], ["In Elmford.", "Bo is a baker born in Selbury in 1950."]
+    plain = rm.score(prompts, answers)
+    rows_seen = []
+    hook = reference.register_forward_hook(lambda module, args, kwargs, out: rows_seen.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    try:
+        rm.model.reference_cache = {}
+        first = rm.score(prompts, answers)
+        again = rm.score(prompts, answers)
+        assert rows_seen == [2]  # the second time, nothing went through the reference
+        mixed = rm.score(["Who is Bo?", "What does Cy do?"], [answers[1], "Cy is a painter."])
+        assert rows_seen == [2, 1]  # only the new pair did
+    finally:
+        hook.remove()
+        rm.model.reference_cache = None
+    assert first == pytest.approx(plain, abs=1e-5) and again == pytest.approx(plain, abs=1e-5)
+    assert mixed[0] == pytest.approx(plain[1], abs=1e-5)
+    assert mixed[1] == pytest.approx(rm.score(["What does Cy do?"], ["Cy is a painter."])[0], abs=1e-5)
+
+
 def test_training_separates_polite_from_rude_answers(base_model, tmp_path):
     """A from-scratch model learns a preference it could not have known: its held-out pairwise accuracy rises
     from chance to near 1 in a few dozen steps."""
