@@ -9,8 +9,8 @@ like its greedy decoding. This scores exactly those stand-ins against SFT sample
 seed, so a win-rate bar above the greedy row asks RL to know something SFT does not. The row "habits cut out" is
 SFT's own answers at 0.7 with the demonstrators' habit formulas (the rambling sentences and rude phrases of
 data_samples/generate.py) deleted and nothing else changed: what a policy that dropped the habits perfectly, and
-re-drew no fact, would win. Per prompt kind, the oracle scores show where the SFT model itself fails. With a reward model in RUN_DIR/reward, its mean score of each is
-shown too.
+re-drew no fact, would win. Per prompt kind, the oracle scores show where the SFT model itself fails. With a
+reward model in RUN_DIR/reward, its mean score of each is shown too.
 """
 
 from __future__ import annotations
@@ -76,9 +76,11 @@ def main() -> None:
     base_scores = [oracle.score(p, a) for p, a in zip(prompts, baseline)]
     cut = habit_cutter()
     rows, kinds = [], collections.defaultdict(dict)
-    for name, t in (("greedy", None), ("T = 0.3", 0.3), ("T = 0.5", 0.5), (f"T = {temperature} (itself)", temperature),
-                    (f"T = {temperature}, habits cut out", "cut")):
-        texts = [cut(a) for a in baseline] if t == "cut" else answers(t)
+    decodings = [("greedy", lambda: answers(None)), ("T = 0.3", lambda: answers(0.3)), ("T = 0.5", lambda: answers(0.5)),
+                 (f"T = {temperature} (itself)", lambda: baseline),  # same seed: the same answers, not sampled again
+                 (f"T = {temperature}, habits cut out", lambda: [cut(a) for a in baseline])]
+    for name, decode in decodings:
+        texts = decode()
         scores = [oracle.score(p, a) for p, a in zip(prompts, texts)]
         wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores, base_scores)) / len(prompts)
         rm_score = sum(rm.score(prompts, texts)) / len(prompts) if rm else float("nan")
