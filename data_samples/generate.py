@@ -376,7 +376,7 @@ NEAR_DUP_MIN_JACCARD = 0.75
 def near_duplicate(rng, text: str) -> str:
     """A copy with a few small edits (changed words, a new footer) whose word 5-gram Jaccard similarity to
     the original is at least NEAR_DUP_MIN_JACCARD: the ground truth's definition of a near duplicate."""
-    from llmkit.data import jaccard, shingles
+    from llmkit.cleaning import jaccard, shingles
 
     for _ in range(50):
         out = _edit(rng, text)

@@ -1,20 +1,7 @@
 """The data stage: a raw crawl in, clean deduplicated documents, a tokenizer and packed blocks out.
 
-    raw corpus ─ normalise ─ Gopher repetition ─ Gopher quality ─ C4 ─ FineWeb ─ exact dedup
-               ─ MinHash near-dedup ─ PII redaction ─ train BPE ─ pack into blocks
-
-The order and the thresholds are FineWeb's (Penedo et al., 2024), which adopted Gopher's quality and
-repetition rules (Rae et al., 2021) and C4's line rules (Raffel et al., 2020) minus C4's "every line ends in
-punctuation" rule, which removes too much good text. The filters, the PII formatter and the normaliser
-are datatrove blocks: `datatrove_pipeline(config)` returns them as a list that runs unchanged on
-datatrove's local, Slurm or Ray executors when a corpus outgrows a notebook. On notebook-sized corpora the
-stage runs the same blocks in-process, document by document, so that every removed or changed document
-keeps the rule and the reason (the inspector in `widgets/` shows them).
-
-Near-duplicate detection uses datasketch's MinHash LSH with a verification step: LSH proposes candidate
-pairs, and a pair counts as a duplicate only if the true Jaccard similarity of their word 5-gram sets
-reaches `minhash_threshold`. (datatrove's MinHash stages are the cluster-scale path; on a few thousand
-documents datasketch was faster and more precise here — see BENCHMARKS.md.)
+    raw corpus ─ clean (llmkit.cleaning: normalise, Gopher, C4, FineWeb, exact and near dedup, PII)
+               ─ train a byte-level BPE ─ pack the documents into blocks of `block_size` tokens
 
 Files in `runs/<name>/data/`: documents.jsonl (kept, final text), removed.jsonl (text, rule, reason,
 duplicate_of), changes.jsonl (what a rule changed in a kept document), tokenizer/, blocks/ (a DatasetDict
@@ -23,102 +10,93 @@ with train and validation splits of `input_ids`), report.md, stage_config.json, 
 
 from __future__ import annotations
 
-import hashlib
 import random
-import re
-import unicodedata
 from collections import Counter, defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-from datatrove.data import Document
-from datatrove.pipeline.filters import (
-    C4QualityFilter,
-    FineWebQualityFilter,
-    GopherQualityFilter,
-    GopherRepetitionFilter,
-)
-from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
-from datatrove.pipeline.formatters.base import BaseFormatter
-from datatrove.pipeline.formatters.pii import PIIFormatter, PIIReplacer
-from tqdm.auto import tqdm
+from typing import ClassVar
 
 from llmkit import runs
+from llmkit.config import StageConfig, configure, option
 from llmkit.loaders import DataError, bundled_path, load_documents, read_jsonl, write_jsonl
-from llmkit.tokenizer import pack_sequences, tokenizer_fingerprint, train_tokenizer
-
-STAGE = "data"
 
 
 @dataclass
-class DataConfig:
-    corpus: str | None = None  # file or folder; None = the bundled closed-world crawl
-    text_field: str | None = None  # None: detect (text, content, document, body, raw_content)
-    max_documents: int | None = None  # read only the first N documents (smoke runs)
-    # cleaning
-    normalize: bool = True  # also needed by the filters: stray "\r" lines count as duplicate lines for Gopher
-    gopher_repetition: bool = True
-    gopher_quality: bool = True
-    c4: bool = True
-    fineweb: bool = True
-    language_model: str | None = None  # path to a fastText lid.176.bin; None skips language identification
-    languages: list[str] = field(default_factory=lambda: ["en"])
-    language_threshold: float = 0.65
-    exact_dedup: bool = True
-    minhash_dedup: bool = True
-    minhash_threshold: float = 0.7  # true Jaccard of word 5-gram sets at which two documents are duplicates
-    minhash_bands: int = 20
-    minhash_rows: int = 5
-    shingle_size: int = 5
-    redact_pii: bool = True
+class DataConfig(StageConfig):
+    STAGE: ClassVar[str] = "data"
+
+    corpus: str | None = option(None, "raw corpus: a jsonl/json/parquet/txt file or folder, gzip or not, or a "
+                                      "save_to_disk folder (default: the bundled closed-world crawl)")
+    text_field: str | None = option(None, "field holding the text (default: the first of text, content, "
+                                          "document, body, raw_content)")
+    max_documents: int | None = option(None, "read only the first N documents")
+    # cleaning (llmkit.cleaning)
+    normalize: bool = option(True, "Unicode NFKC and whitespace clean-up (the filters count stray \\r lines as "
+                                   "duplicate lines otherwise)")
+    gopher_repetition: bool = option(True, "Gopher's repetition filter")
+    gopher_quality: bool = option(True, "Gopher's quality filter")
+    c4: bool = option(True, "C4's line filters (without its terminal-punctuation rule, as FineWeb)")
+    fineweb: bool = option(True, "FineWeb's quality filter")
+    language_model: str | None = option(None, "a fastText lid.176.bin for language identification (default: "
+                                              "skipped; llmkit downloads nothing)")
+    languages: list[str] = option(default_factory=lambda: ["en"], help="languages to keep (with language_model)")
+    language_threshold: float = option(0.65, "the language's minimum score (with language_model)")
+    exact_dedup: bool = option(True, "remove documents whose text is identical to an earlier one's")
+    minhash_dedup: bool = option(True, "remove near duplicates (MinHash LSH, verified by the exact Jaccard)")
+    minhash_threshold: float = option(0.7, "Jaccard similarity of word 5-gram sets at which two documents are "
+                                           "duplicates")
+    minhash_bands: int = option(20, "LSH bands")
+    minhash_rows: int = option(5, "rows per LSH band")
+    shingle_size: int = option(5, "words per shingle")
+    redact_pii: bool = option(True, "replace e-mail addresses, public IP addresses and phone numbers")
     # tokenizer and packing
-    vocab_size: int = 4096
-    block_size: int = 256
-    validation_fraction: float = 0.05
-    num_proc: int = 2
-    seed: int = 0
+    vocab_size: int = option(4096, "BPE vocabulary size (an upper bound)")
+    block_size: int = option(256, "tokens per packed training block")
+    validation_fraction: float = option(0.05, "documents held out for validation")
+    num_proc: int = option(2, "processes for tokenizing and packing (used from 20,000 documents)")
+    seed: int = option(0, "seed of the train/validation split and MinHash")
 
 
 PRESETS: dict[str, dict] = {
-    "tiny": {},
     "smoke": {"max_documents": 700, "vocab_size": 1024, "block_size": 128},
+    "tiny": {},
     "small": {"vocab_size": 8192, "block_size": 512},  # GPU presets: bigger corpora want bigger numbers
     "gpt2": {"vocab_size": 32768, "block_size": 1024},
 }
 
 
 def config_for(preset: str = "tiny", **overrides) -> DataConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return DataConfig(**{**PRESETS[preset], **overrides})
+    return configure(DataConfig, PRESETS, preset, overrides)
 
 
 def run(config: DataConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True) -> runs.StageResult:
-    final, tmp = runs.reuse_or_start(run_dir, STAGE, overwrite)
-    if tmp is None:
-        return runs.StageResult(STAGE, final, runs.read_metrics(final), reused=True)
-    try:
-        corpus = config.corpus or str(bundled_path("corpus.jsonl"))
-        docs, read_stats = load_documents(corpus, config.text_field, config.max_documents)
-        if not docs:
-            raise DataError(f"{corpus}: the corpus holds no documents")
-        ledger = Ledger()
-        kept = clean_corpus(docs, config, ledger, progress)
-        if not kept:
-            raise DataError("the cleaning rules removed every document:\n" + ledger.summary_table(docs, kept))
+    """Clean the corpus, train the tokenizer and pack the blocks into RUN_DIR/data."""
+    from llmkit.cleaning import Ledger, clean_corpus, rule_order
+    from llmkit.tokenizer import tokenizer_fingerprint, train_tokenizer
 
+    out = runs.Stage(run_dir, config.output_name, overwrite)
+    if out.reusable:
+        return out.reuse()
+    corpus = config.corpus or str(bundled_path("corpus.jsonl"))
+    docs, read_stats = load_documents(corpus, config.text_field, config.max_documents)
+    if not docs:
+        raise DataError(f"{corpus}: the corpus holds no documents")
+    ledger = Ledger()
+    kept = clean_corpus(docs, config, ledger, progress)
+    if not kept:
+        raise DataError("the cleaning rules removed every document:\n" + ledger.summary_table(docs, kept))
+    with out:
         tokenizer = train_tokenizer((d["text"] for d in kept), config.vocab_size)
-        tokenizer.save_pretrained(tmp / "tokenizer")
+        tokenizer.save_pretrained(out.work / "tokenizer")
         with _datasets_progress(progress):
             blocks, pack_stats = make_blocks(kept, tokenizer, config)
-            blocks.save_to_disk(str(tmp / "blocks"))
-        (tmp / "blocks" / "tokenizer_fingerprint.txt").write_text(tokenizer_fingerprint(tokenizer) + "\n")
+            blocks.save_to_disk(str(out.work / "blocks"))
+        (out.work / "blocks" / "tokenizer_fingerprint.txt").write_text(tokenizer_fingerprint(tokenizer) + "\n")
 
-        write_jsonl(tmp / "documents.jsonl", kept)
-        write_jsonl(tmp / "removed.jsonl", ledger.removed)
-        write_jsonl(tmp / "changes.jsonl", ledger.changes)
-        rules = ledger.per_rule(docs, tokenizer, rule_order(config))
+        write_jsonl(out.work / "documents.jsonl", kept)
+        write_jsonl(out.work / "removed.jsonl", ledger.removed)
+        write_jsonl(out.work / "changes.jsonl", ledger.changes)
         metrics = {
             "documents_in": len(docs),
             "documents_out": len(kept),
@@ -126,286 +104,20 @@ def run(config: DataConfig, run_dir: str | Path, overwrite: bool = False, progre
             "documents_changed": len({c["id"] for c in ledger.changes}),
             "replaced_undecodable_chars": read_stats.replaced_chars,
             "language_id": "on" if config.language_model else "skipped (no language_model file given)",
-            "rules": rules,
+            "rules": ledger.per_rule(docs, tokenizer, rule_order(config)),
             "vocab_size": len(tokenizer),
             **{f"{split}_{k}": v for split, s in pack_stats.items() for k, v in s.items()},
         }
-        (tmp / "report.md").write_text(render_report(metrics), encoding="utf-8")
-        return runs.commit(tmp, final, config, metrics)
-    except BaseException:
-        runs.abandon(tmp)
-        raise
-
-
-# ---- the cleaning pipeline ------------------------------------------------------------------------
-class Normalizer(BaseFormatter):
-    """Unicode NFKC (ligatures, full-width forms, no-break spaces) and whitespace clean-up."""
-
-    name = "normalize"
-    _spaces = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
-    _zero_width = re.compile(r"[\u200b\u200c\u200d\u2060\ufeff]")
-
-    def format(self, text: str) -> str:
-        text = unicodedata.normalize("NFKC", text).replace("\r\n", "\n").replace("\r", "\n")
-        text = self._zero_width.sub("", text)
-        lines = [self._spaces.sub(" ", line).strip() for line in text.split("\n")]
-        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-PHONE_REGEX = r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]?\d{3,4}[ .-]?\d{3,4}(?!\w)"
-
-
-class PIIRedactor(PIIFormatter):
-    """datatrove's PII formatter (emails, public IP addresses) plus phone numbers."""
-
-    name = "pii"
-
-    def __init__(self, phone_replacement: str = "+1 555 0100", **kwargs):
-        # one fixed replacement each (datatrove cycles through several), so the output does not depend on
-        # the order documents arrive in, in-process or on an executor
-        kwargs.setdefault("email_replacement", "email@example.com")
-        kwargs.setdefault("ip_replacement", "22.214.171.124")
-        super().__init__(**kwargs)
-        self.phone_replacer = PIIReplacer(PHONE_REGEX, phone_replacement, validator=_looks_like_phone)
-
-    def format(self, text: str) -> str:
-        return self.phone_replacer.replace(super().format(text))
-
-
-def _looks_like_phone(s: str) -> bool:
-    digits = sum(c.isdigit() for c in s)
-    return 9 <= digits <= 15 and not re.fullmatch(r"\d{4}( \d{4}){2,}", s)  # not a run of years
-
-
-def datatrove_pipeline(config: DataConfig) -> list:
-    """The per-document steps as datatrove blocks, in order. Put a reader in front and a writer behind
-    to run them on any datatrove executor; dedup at that scale uses datatrove's MinHash stages."""
-    steps: list = []
-    if config.normalize:
-        steps.append(Normalizer())
-    if config.language_model:
-        steps.append(_language_filter(config))
-    if config.gopher_repetition:
-        steps.append(GopherRepetitionFilter())
-    if config.gopher_quality:
-        steps.append(GopherQualityFilter())
-    if config.c4:
-        steps.append(C4QualityFilter(filter_no_terminal_punct=False))  # FineWeb's setting
-    if config.fineweb:
-        steps.append(FineWebQualityFilter())
-    return steps
-
-
-def rule_order(config: DataConfig) -> list[str]:
-    """The names of the rules `clean_corpus` applies, in order."""
-    order = [RULE_NAMES.get(type(step), type(step).__name__) for step in datatrove_pipeline(config)]
-    order += [name for name, on in (("exact_dedup", config.exact_dedup), ("minhash_dedup", config.minhash_dedup),
-                                    ("pii", config.redact_pii)) if on]
-    return order
-
-
-RULE_NAMES = {
-    Normalizer: "normalize", GopherRepetitionFilter: "gopher_repetition", GopherQualityFilter: "gopher_quality",
-    C4QualityFilter: "c4", FineWebQualityFilter: "fineweb", PIIRedactor: "pii",
-}
-
-
-def _language_filter(config: DataConfig):
-    path = Path(config.language_model)
-    if not path.is_file():
-        raise DataError(
-            f"language_model: {path} does not exist. Language identification needs a fastText model file "
-            "(lid.176.bin) that llmkit does not download; put it there, or set language_model=None "
-            "(--language-model '') to skip language identification"
-        )
-    try:
-        from fasttext.FastText import _FastText
-    except ImportError:
-        raise DataError("language_model is set but fasttext is not installed: pip install fasttext-numpy2-wheel") from None
-    from datatrove.pipeline.filters import LanguageFilter
-
-    lid = LanguageFilter(languages=config.languages, language_threshold=config.language_threshold)
-    lid.model._model = _FastText(str(path))  # a local file instead of datatrove's download
-    return lid
-
-
-class Ledger:
-    """What happened to each document: removals (rule, reason, text) and changes to kept documents."""
-
-    def __init__(self):
-        self.removed: list[dict] = []
-        self.changes: list[dict] = []
-
-    def remove(self, doc: dict, rule: str, reason: str, duplicate_of: str | None = None, similarity=None):
-        self.removed.append({"id": doc["id"], "rule": rule, "reason": reason, "duplicate_of": duplicate_of,
-                             "similarity": similarity, "text": doc["text"], "url": doc.get("url", "")})
-
-    def change(self, doc_id: str, rule: str, reason: str, before: str, after: str):
-        self.changes.append({"id": doc_id, "rule": rule, "reason": reason,
-                             "chars_before": len(before), "chars_after": len(after)})
-
-    def per_rule(self, docs: list[dict], tokenizer, order: list[str]) -> dict:
-        """Per rule, in pipeline order: documents and tokens in and out, documents changed, top reasons.
-
-        Tokens are counted on each document's raw text, so a rule's tokens out = its tokens in minus the
-        tokens of the documents it removed (text a rule changed is not recounted)."""
-        lengths = tokenizer([d["text"] for d in docs], add_special_tokens=False)["input_ids"]
-        tokens_of = {d["id"]: len(ids) for d, ids in zip(docs, lengths)}
-        rules = order + sorted({r["rule"] for r in self.removed} - set(order))
-        out: dict = {}
-        n_docs, n_tokens = len(docs), sum(tokens_of.values())
-        for rule in rules:
-            gone = [r for r in self.removed if r["rule"] == rule]
-            removed_tokens = sum(tokens_of[r["id"]] for r in gone)
-            out[rule] = {
-                "documents_in": n_docs, "documents_out": n_docs - len(gone), "removed": len(gone),
-                "changed": sum(c["rule"] == rule for c in self.changes),
-                "tokens_in": n_tokens, "tokens_out": n_tokens - removed_tokens, "tokens_removed": removed_tokens,
-                "reasons": dict(Counter(_reason_key(r["reason"]) for r in gone).most_common()),
-            }
-            n_docs, n_tokens = n_docs - len(gone), n_tokens - removed_tokens
-        return out
-
-    def summary_table(self, docs: list[dict], kept: list[dict]) -> str:
-        counts = Counter(r["rule"] for r in self.removed)
-        reasons = {rule: Counter(_reason_key(r["reason"]) for r in self.removed if r["rule"] == rule) for rule in counts}
-        lines = [f"  {rule:20s} removed {n}  ({', '.join(f'{k}: {v}' for k, v in reasons[rule].most_common(3))})"
-                 for rule, n in counts.most_common()]
-        return f"  documents in: {len(docs)}, kept: {len(kept)}\n" + "\n".join(lines)
-
-
-def _reason_key(reason: str) -> str:
-    return reason.split(" of ")[0] if reason.startswith(("exact duplicate", "near duplicate")) else reason
-
-
-def clean_corpus(docs: list[dict], config: DataConfig, ledger: Ledger, progress: bool = True) -> list[dict]:
-    """Run every cleaning rule over `docs` (dicts with id and text); returns the kept documents."""
-    steps = datatrove_pipeline(config)
-    # Document by document through all steps, as a datatrove pipeline streams them: the filters then hit
-    # datatrove's cache of the spaCy word split of the text they share.
-    kept = [d for d in (_apply_steps(steps, dict(doc), ledger)
-                        for doc in tqdm(docs, desc="filters", disable=not progress, leave=False)) if d]
-    if config.exact_dedup:
-        kept = exact_dedup(kept, ledger)
-    if config.minhash_dedup:
-        kept = minhash_dedup(kept, ledger, config, progress)
-    if config.redact_pii:
-        redactor = PIIRedactor()
-        kept = [_apply_steps([redactor], d, ledger) for d in kept]
-    return kept
-
-
-def check_document(text: str, config: DataConfig | None = None) -> list[dict]:
-    """Each per-document rule's verdict on one text, in pipeline order (stops at the first removal)."""
-    ledger = Ledger()
-    steps = datatrove_pipeline(config or DataConfig()) + [PIIRedactor()]
-    doc = {"id": "doc", "text": text}
-    verdicts = []
-    for step in steps:
-        rule = RULE_NAMES.get(type(step), type(step).__name__)
-        n_changes = len(ledger.changes)
-        doc = _apply_steps([step], doc, ledger)
-        if doc is None:
-            verdicts.append({"rule": rule, "verdict": "removed", "reason": ledger.removed[-1]["reason"]})
-            break
-        changed = len(ledger.changes) > n_changes
-        verdicts.append({"rule": rule, "verdict": "changed" if changed else "passed",
-                         "reason": ledger.changes[-1]["reason"] if changed else ""})
-    return verdicts
-
-
-def _apply_steps(steps: list, d: dict, ledger: Ledger) -> dict | None:
-    """One document through datatrove steps; None if a filter removed it (the ledger says which, and why)."""
-    for step in steps:
-        rule = RULE_NAMES.get(type(step), getattr(step, "name", type(step).__name__))
-        doc = Document(text=d["text"], id=d["id"])
-        if isinstance(step, BaseFilter):
-            keep, reason = get_filter_result(step.filter(doc))
-            if not keep:
-                ledger.remove(d, rule, reason or rule)
-                return None
-        else:
-            doc.text = step.format(doc.text)
-        if doc.text != d["text"]:
-            ledger.change(d["id"], rule, _describe_change(rule, d["text"], doc.text), d["text"], doc.text)
-            d = {**d, "text": doc.text}
-    return d
-
-
-def _describe_change(rule: str, before: str, after: str) -> str:
-    if rule == "pii":
-        return "redacted personal data"
-    if rule == "c4":
-        gone = [line for line in before.splitlines() if line.strip() and line.strip() not in after.splitlines()]
-        if gone:
-            return f"removed {len(gone)} line(s): " + " / ".join(g[:40] for g in gone[:3])
-        return "joined paragraphs (C4 drops blank lines)"
-    return "normalised unicode and whitespace"
-
-
-def exact_dedup(docs: list[dict], ledger: Ledger) -> list[dict]:
-    """Keep the first document of each set with identical text."""
-    first: dict[str, str] = {}
-    kept = []
-    for d in docs:
-        h = hashlib.sha1(d["text"].encode("utf-8")).hexdigest()
-        if h in first:
-            ledger.remove(d, "exact_dedup", f"exact duplicate of {first[h]}", duplicate_of=first[h], similarity=1.0)
-        else:
-            first[h] = d["id"]
-            kept.append(d)
-    return kept
-
-
-def shingles(text: str, n: int = 5) -> set[str]:
-    words = re.findall(r"\w+", text.lower())
-    if len(words) < n:
-        return {" ".join(words)}
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / max(len(a | b), 1)
-
-
-def lsh_candidate_probability(similarity: float, bands: int, rows: int) -> float:
-    """Probability that MinHash LSH with `bands` × `rows` proposes a pair of this Jaccard similarity."""
-    return 1.0 - (1.0 - similarity ** rows) ** bands
-
-
-def minhash_dedup(docs: list[dict], ledger: Ledger, config: DataConfig, progress: bool = True) -> list[dict]:
-    """Remove documents whose word 5-gram Jaccard similarity to an earlier kept one reaches the threshold.
-
-    MinHash LSH with b bands of r rows proposes a pair of similarity s with probability 1 - (1 - s^r)^b:
-    with 20 × 5 that is 0.97 at s = 0.7 and 0.47 at s = 0.5 — generous on purpose, because every
-    candidate is then verified with its exact Jaccard similarity, which removes the false positives."""
-    from datasketch import MinHash, MinHashLSH
-
-    num_perm = config.minhash_bands * config.minhash_rows
-    lsh = MinHashLSH(num_perm=num_perm, params=(config.minhash_bands, config.minhash_rows))
-    sets = [shingles(d["text"], config.shingle_size) for d in docs]
-    hashes = MinHash.bulk([[s.encode("utf-8") for s in x] for x in sets], num_perm=num_perm, seed=config.seed)
-    kept, kept_sets = [], {}
-    for d, s, mh in tqdm(list(zip(docs, sets, hashes)), desc="minhash_dedup", disable=not progress, leave=False):
-        best, best_sim = None, 0.0
-        for cand in lsh.query(mh):
-            sim = jaccard(s, kept_sets[cand])
-            if sim > best_sim:
-                best, best_sim = cand, sim
-        if best is not None and best_sim >= config.minhash_threshold:
-            ledger.remove(d, "minhash_dedup", f"near duplicate of {best} (Jaccard {best_sim:.2f})",
-                          duplicate_of=best, similarity=round(best_sim, 4))
-            continue
-        lsh.insert(d["id"], mh)
-        kept_sets[d["id"]] = s
-        kept.append(d)
-    return kept
+        (out.work / "report.md").write_text(render_report(metrics), encoding="utf-8")
+        return out.commit(config, metrics)
 
 
 # ---- blocks ---------------------------------------------------------------------------------------
 def make_blocks(docs: list[dict], tokenizer, config: DataConfig):
     """Split documents into train / validation (by document, so validation text is unseen), then pack."""
     from datasets import Dataset, DatasetDict
+
+    from llmkit.tokenizer import pack_sequences
 
     order = list(range(len(docs)))
     random.Random(config.seed).shuffle(order)

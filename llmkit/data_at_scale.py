@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmkit.data import DataConfig, PIIRedactor, datatrove_pipeline
+from llmkit.cleaning import PIIRedactor, datatrove_pipeline
+from llmkit.data import DataConfig
 from llmkit.loaders import DataError, read_jsonl
 
 

@@ -1,18 +1,28 @@
-"""Closed-world measurements of a model: what it knows, measured against the world's facts.
+"""Measurements of a model, in one place for every stage that reports them.
 
-`fact_completion` asks a base model to continue sentences like "Ada Ashdown is a native of" and checks the
-continuation against the world. The prompts use wordings that occur in the corpus, but each person's
-facts were seen in several other wordings too — completing them means the model stored the fact, not one
-sentence.
+On the closed world (facts known, answers judged by the oracle):
+- `fact_completion`: a base model continues "Ada Ashdown is a native of" — did pretraining store the fact?
+  The prompts use wordings that occur in the corpus, but each person's facts were seen in several other
+  wordings too: completing them means the model stored the fact, not one sentence.
+- `qa_accuracy` / `closed_world_qa`: a chat model answers questions about people the SFT data names (trained)
+  and people it never names (held-out: knowledge that can only come from pretraining), beside a reference's.
+- `compare_policies`: an RL policy against the SFT model it started from, on held-out prompts: reward-model
+  and oracle scores, oracle win-rate, KL per token, length, and each answer's first flaw; `evaluate_policy`
+  adds closed-world QA to it, as every RL stage reports.
+- `oracle_agreement`: does a reward model order two answers the way the oracle does?
+
+Anywhere: `pairwise_accuracy` of a reward model on preference pairs.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from collections import Counter
 
-import torch
-
+from llmkit import runs
 from llmkit import world as W
+from llmkit.formats import prompt_text
+from llmkit.generation import chat_generate, generate, greedy_continuations, response_logprobs
+from llmkit.loaders import bundled_path, read_jsonl
 
 FACT_PROMPTS = {
     "birth_town": "{n} is a native of",
@@ -20,34 +30,7 @@ FACT_PROMPTS = {
     "profession": "By profession, {n} is",
     "university": "{n} is a graduate of",
 }
-
-
-@contextmanager
-def generation_mode(model, tokenizer):
-    """Eval mode and left padding (what batched generation needs) for the duration; both restored after."""
-    was_training, side = model.training, tokenizer.padding_side
-    model.eval()
-    tokenizer.padding_side = "left"
-    try:
-        with torch.no_grad():
-            yield next(model.parameters()).device
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-
-
-def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int = 8, batch_size: int = 64,
-                         add_bos: bool = True, prefix: str = "") -> list[str]:
-    """Greedy continuations of raw-text prompts (no chat template), batched with left padding."""
-    out: list[str] = []
-    with generation_mode(model, tokenizer) as device:
-        for i in range(0, len(prompts), batch_size):
-            chunk = [((tokenizer.bos_token or "") if add_bos else "") + prefix + p for p in prompts[i:i + batch_size]]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return out
+QA_SPLITS = ("heldout", "trained")
 
 
 def fact_completion(model, tokenizer, world: W.World | None = None, people: list[str] | None = None,
@@ -59,8 +42,6 @@ def fact_completion(model, tokenizer, world: W.World | None = None, people: list
     and nearly every sentence that states a fact stands mid-text.
 
     Returns {"fact_completion": overall, "<attribute>": per attribute, "examples": a few (prompt, output)}."""
-    from llmkit.loaders import bundled_path
-
     world = world or W.World.load(bundled_path("world.json"))
     persons = [world.person(n) for n in people] if people else world.people
     result: dict = {}
@@ -84,43 +65,10 @@ def fact_completion(model, tokenizer, world: W.World | None = None, people: list
     return result
 
 
-# ---- chat models --------------------------------------------------------------------------------
-def chat_generate(model, tokenizer, conversations: list, max_new_tokens: int = 48, batch_size: int = 64,
-                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                  eos_probability: bool = False) -> list[dict]:
-    """Answer each conversation (a user prompt string or a list of messages) through the chat template.
-
-    Generation stops at EOS (`<|im_end|>` for llmkit's tokenizer). Returns, per conversation,
-    {"text": answer without special tokens, "ended": whether it stopped at EOS, "tokens": answer length,
-    "eos_probability": with `eos_probability=True`, the model's probability of EOS where the answer ended (else,
-    or if it did not end, None)}. Greedy answers can end while that probability is low: the model then rarely
-    stops there when sampled. Asking for it keeps every step's logits until the batch is done."""
-    eos = tokenizer.eos_token_id
-    out: list[dict] = []
-    with generation_mode(model, tokenizer) as device:
-        for i in range(0, len(conversations), batch_size):
-            chunk = [[{"role": "user", "content": c}] if isinstance(c, str) else c for c in conversations[i:i + batch_size]]
-            texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in chunk]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                 temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
-                                 return_dict_in_generate=True, output_logits=eos_probability)
-            for j, row in enumerate(gen.sequences[:, enc["input_ids"].shape[1]:].tolist()):
-                ended = eos in row
-                end = row.index(eos) if ended else None
-                row = row[:end] if ended else [t for t in row if t != tokenizer.pad_token_id]
-                p_eos = float(gen.logits[end][j].float().softmax(-1)[eos]) if ended and eos_probability else None
-                out.append({"text": tokenizer.decode(row, skip_special_tokens=True).strip(), "ended": ended,
-                            "tokens": len(row), "eos_probability": p_eos})
-    return out
-
-
 def qa_accuracy(model, tokenizer, rows: list[dict], oracle=None, max_new_tokens: int = 48) -> dict:
-    """Closed-world QA through the chat template: `rows` hold a `prompt` (a question); the oracle judges each answer.
-
-    Returns accuracy, format adherence (the answer ended with EOS within `max_new_tokens`), the mean probability
-    of EOS where the answers ended, mean oracle score, and a few examples."""
+    """Closed-world QA through the chat template: `rows` hold a `prompt` (a question); the oracle judges each
+    greedy answer. Returns accuracy, format adherence (the answer ended with EOS within `max_new_tokens`), the
+    mean probability of EOS where the answers ended, the mean oracle score, and a few examples."""
     from llmkit.oracle import Oracle
 
     oracle = oracle or Oracle()
@@ -134,3 +82,129 @@ def qa_accuracy(model, tokenizer, rows: list[dict], oracle=None, max_new_tokens:
             "oracle_score": sum(v.score for v in verdicts) / n,
             "examples": [{"prompt": r["prompt"], "answer": a["text"], "correct": c, "expected": r.get("answer")}
                          for r, a, c in list(zip(rows, answers, correct))[:8]]}
+
+
+def closed_world_qa(model, tokenizer, limit: int | None = None, reference=None, reference_name: str = "reference",
+                    reference_dir=None) -> dict:
+    """QA on the bundled held-out and trained questions (the first `limit` of each): `qa_heldout`, `qa_trained`,
+    `format_ok_*`, `eos_probability_*` and `qa_*_examples` of the model. With a `reference` model also
+    `<reference_name>_qa_heldout` and `_trained` — read from `reference_dir`'s metrics.json instead when that
+    stage (an llmkit SFT run) asked the same questions: the same greedy answers by this function, and none to
+    generate again."""
+    stage_config = runs.read_stage_config(reference_dir) if reference_dir and runs.finished(reference_dir) else None
+    known = runs.read_metrics(reference_dir) if stage_config and stage_config.get("qa_limit", "absent") == limit else {}
+    out: dict = {}
+    for split in QA_SPLITS:
+        rows = read_jsonl(bundled_path(f"qa_{split}.jsonl"))[:limit]
+        r = qa_accuracy(model, tokenizer, rows)
+        out.update({f"qa_{split}": r["accuracy"], f"format_ok_{split}": r["format_ok"],
+                    f"eos_probability_{split}": r["eos_probability"], f"qa_{split}_examples": r["examples"]})
+        if reference is not None:
+            out[f"{reference_name}_qa_{split}"] = (known[f"qa_{split}"] if f"qa_{split}" in known
+                                                   else qa_accuracy(reference, tokenizer, rows)["accuracy"])
+    return out
+
+
+def compare_policies(policy, reference, tokenizer, rm, prompts: list, max_new_tokens: int = 40,
+                     temperature: float = 0.7, samples_per_prompt: int = 4, seed: int = 0, oracle=None) -> dict:
+    """The trained policy against the reference (SFT) on held-out prompts, both sampled at `temperature`,
+    `samples_per_prompt` answers each, with the same seed: RM score, oracle score and win-rate (ties count half),
+    per-token KL to the reference on the policy's own samples, and response length. On the closed world also
+    each answer's first flaw by the oracle (`Oracle.flaw`), and the share of answers that are rude or rambling:
+    the demonstrators' habits that SFT imitated and the preference rule dislikes. `rows`: every comparison."""
+    import torch
+
+    prompts = list(prompts) * samples_per_prompt
+    torch.manual_seed(seed + 1)
+    mine = generate(policy, tokenizer, prompts, max_new_tokens, temperature)
+    torch.manual_seed(seed + 1)
+    theirs = generate(reference, tokenizer, prompts, max_new_tokens, temperature)
+    with torch.no_grad():
+        logp = response_logprobs(policy, mine.input_ids, mine.attention_mask, mine.n_prompt, temperature)
+        ref_logp = response_logprobs(reference, mine.input_ids, mine.attention_mask, mine.n_prompt, temperature)
+    kl = (logp - ref_logp) * mine.mask  # k1: log π − log π_ref on samples of π
+    out = {"eval_rm_score": sum(rm.score(prompts, mine.texts)) / len(prompts),
+           "eval_rm_score_sft": sum(rm.score(prompts, theirs.texts)) / len(prompts),
+           "eval_kl_per_token": (kl.sum() / mine.mask.sum().clamp(min=1)).item(),
+           "eval_kl_per_sequence": kl.sum(-1).mean().item(),
+           "eval_response_length": mine.mask.sum(-1).mean().item(),
+           "eval_response_length_sft": theirs.mask.sum(-1).mean().item(),
+           "eval_eos_fraction": mine.ended.float().mean().item()}
+    rows = [{"prompt": prompt_text(p), "policy": a, "sft": b} for p, a, b in zip(prompts, mine.texts, theirs.texts)]
+    if oracle is not None:
+        wins = total_mine = total_sft = 0.0
+        for row, p, a, b in zip(rows, prompts, mine.texts, theirs.texts):
+            sa, sb = oracle.score(p, a), oracle.score(p, b)
+            row.update(oracle_policy=sa, oracle_sft=sb, flaw_policy=oracle.flaw(p, a), flaw_sft=oracle.flaw(p, b))
+            total_mine, total_sft = total_mine + sa, total_sft + sb
+            wins += 1.0 if sa > sb else 0.5 if sa == sb else 0.0
+        habits = ("rude", "rambling")
+        out.update(eval_oracle_score=total_mine / len(prompts), eval_oracle_score_sft=total_sft / len(prompts),
+                   oracle_win_rate=wins / len(prompts),
+                   eval_habit_rate=sum(r["flaw_policy"] in habits for r in rows) / len(rows),
+                   eval_habit_rate_sft=sum(r["flaw_sft"] in habits for r in rows) / len(rows),
+                   eval_flaws=dict(Counter(r["flaw_policy"] for r in rows)),
+                   eval_flaws_sft=dict(Counter(r["flaw_sft"] for r in rows)))
+    out["rows"] = rows
+    return out
+
+
+def evaluate_policy(model, reference, tokenizer, rm, prompts: list, config, reference_dir=None, oracle=None) -> dict:
+    """What every RL stage reports: `compare_policies` on `prompts` with the config's `max_new_tokens`,
+    `temperature`, `eval_samples_per_prompt` and `seed`, and, on the closed world (an `oracle`), closed-world QA
+    against the reference (the SFT model, whose own QA is read from `reference_dir` when it asked the same
+    questions). `rows` holds every comparison."""
+    out = compare_policies(model, reference, tokenizer, rm, prompts, config.max_new_tokens, config.temperature,
+                           config.eval_samples_per_prompt, config.seed, oracle)
+    if oracle is not None:
+        out.update(closed_world_qa(model, tokenizer, config.qa_limit, reference, "sft", reference_dir))
+    return out
+
+
+def pairwise_accuracy(rm, rows: list[dict]) -> dict:
+    """How often a reward model scores the chosen answer above the rejected one, over preference rows
+    {"prompt", "chosen", "rejected"} (TRL's conversational format), the mean margin, and every pair's scores."""
+    prompts = [r["prompt"] for r in rows]
+    chosen = rm.score(prompts, [r["chosen"][-1]["content"] for r in rows])
+    rejected = rm.score(prompts, [r["rejected"][-1]["content"] for r in rows])
+    out = [{"prompt": prompt_text(r["prompt"]), "chosen": r["chosen"][-1]["content"],
+            "rejected": r["rejected"][-1]["content"], "score_chosen": c, "score_rejected": j}
+           for r, c, j in zip(rows, chosen, rejected)]
+    n = max(1, len(rows))
+    return {"accuracy": sum(c > j for c, j in zip(chosen, rejected)) / n,
+            "margin": sum(c - j for c, j in zip(chosen, rejected)) / n, "rows": out}
+
+
+def oracle_agreement(rm, policy, prompts: list, temperature: float = 1.0, seed: int = 0) -> dict:
+    """Two answers per prompt sampled from the policy (the SFT model); where the oracle prefers one, how often
+    does the RM prefer the same one? Also the correlation of RM and oracle scores, and every pair."""
+    import torch
+
+    from llmkit.oracle import Oracle
+
+    torch.manual_seed(seed)
+    a = chat_generate(policy, rm.tokenizer, prompts, do_sample=True, temperature=temperature)
+    b = chat_generate(policy, rm.tokenizer, prompts, do_sample=True, temperature=temperature)
+    oracle = Oracle()
+    rows, agree, decided = [], 0, 0
+    rm_a, rm_b = rm.score(prompts, [x["text"] for x in a]), rm.score(prompts, [x["text"] for x in b])
+    for p, x, y, ra, rb in zip(prompts, a, b, rm_a, rm_b):
+        oa, ob = oracle.score(p, x["text"]), oracle.score(p, y["text"])
+        if oa != ob and ra != rb:
+            decided += 1
+            agree += (oa > ob) == (ra > rb)
+        rows.append({"prompt": prompt_text(p), "answer_a": x["text"], "answer_b": y["text"], "oracle_a": oa,
+                     "oracle_b": ob, "rm_a": ra, "rm_b": rb})
+    rm_all = rm_a + rm_b
+    oracle_all = [r["oracle_a"] for r in rows] + [r["oracle_b"] for r in rows]
+    return {"oracle_agreement": agree / decided if decided else float("nan"), "oracle_decided_pairs": decided,
+            "oracle_rm_correlation": pearson(rm_all, oracle_all), "rows": rows}
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    import torch
+
+    t = torch.tensor([x, y], dtype=torch.float64)
+    if len(x) < 2 or (t.std(dim=1) == 0).any():
+        return float("nan")
+    return float(torch.corrcoef(t)[0, 1])

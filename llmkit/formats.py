@@ -8,7 +8,10 @@
     self_instruct      {"instruction": …, "instances": [{"input": …, "output": …}, …]}  (one conversation per instance)
 
 `read_conversations(path)` detects the format from the first row (or takes `data_format=`) and converts every
-row; a row it cannot read raises a DataError naming the file, the line and the fields it expected.
+row; a row it cannot read raises a DataError naming the file, the line and the fields it expected. Preference
+pairs (`read_preferences`) and prompts for RL (`read_prompts`) are read the same way, and a prompt anywhere in
+llmkit is a user message (a string) or a list of messages: `as_messages` makes it the latter, `prompt_text`
+the text shown for it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,32 @@ EXPECTED = {
 }
 FORMATS = tuple(EXPECTED)
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+
+
+def as_messages(prompt) -> list[dict]:
+    """A prompt as a list of messages: a string is one user message."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def prompt_text(prompt) -> str:
+    """The text shown for a prompt: the message itself, or every turn with its role when there are several."""
+    messages = as_messages(prompt)
+    if len(messages) == 1:
+        return messages[0]["content"]
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def read_prompts(path: str | Path) -> list:
+    """Prompts for RL and sampling: rows with a `prompt` (a string, or a list of messages)."""
+    out = []
+    for row, where in iter_records(path):
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
+            raise DataError(f"{where}: a prompt row needs `prompt`: a string or a list of messages")
+        out.append(prompt)
+    if not out:
+        raise DataError(f"{path}: no prompts found")
+    return out
 
 
 def expected_fields() -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from llmkit.formats import detect_preference_format, to_preference
+from llmkit.formats import as_messages, detect_preference_format, prompt_text, to_preference
 from llmkit.loaders import DataError, iter_records
 
 CHOICES = ("A", "B", "tie", "both_bad")
@@ -41,7 +41,7 @@ class Item:
 
     @property
     def prompt_text(self) -> str:
-        return "\n\n".join(f"{m['role']}: {m['content']}" if len(self.prompt) > 1 else m["content"] for m in self.prompt)
+        return prompt_text(self.prompt)
 
 
 def item_id(prompt: list, responses: list[str]) -> str:
@@ -49,7 +49,7 @@ def item_id(prompt: list, responses: list[str]) -> str:
 
 
 def make_item(prompt, responses: list[str], meta: dict | None = None) -> Item:
-    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    prompt = as_messages(prompt)
     return Item(item_id(prompt, responses), prompt, list(responses), dict(meta or {}))
 
 
@@ -101,12 +101,13 @@ def sample_items(model_dir: str | Path, prompts: list, temperatures: tuple[float
                  max_new_tokens: int = 48, seed: int = 0) -> list[Item]:
     """Two answers per prompt sampled live from a checkpoint, at two temperatures."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from llmkit.evaluate import chat_generate
+    from llmkit.generation import chat_generate
+    from llmkit.model import load_causal_lm
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32)
+    model = load_causal_lm(model_dir)
     answers = []
     for i, t in enumerate(temperatures):
         torch.manual_seed(seed + i)

@@ -11,7 +11,8 @@ losses step by step). On a CPU-only machine the processes talk over gloo, which 
 on GPUs the same call uses NCCL, one process per GPU.
 
 The data stage and PPO (llmkit's own loop, whose gradients are not synchronised across processes) run on
-the main process only; the others wait for it.
+the main process only; the others wait for it (the pipeline's registry says which, `llmkit.pipeline.run_stage`
+does the waiting).
 
 notebook_launcher's pitfalls, handled here:
 - processes are forked from the notebook's kernel, so nothing may have initialised CUDA before the launch
@@ -27,38 +28,11 @@ import os
 import socket
 from pathlib import Path
 
-from llmkit import runs
-
-MAIN_PROCESS_STAGES = ("data", "ppo")  # run by the main process while the others wait
+from llmkit import pipeline, runs
 
 
-class LaunchError(RuntimeError):
+class LaunchError(runs.StageError):
     pass
-
-
-def run_stage(stage: str, config, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
-              callbacks: tuple = ()) -> runs.StageResult:
-    """Run one stage with its config, on however many processes this one belongs to."""
-    from llmkit import data, pretrain, reward, sft
-    from llmkit.rl import ppo, trl_methods
-
-    runners = {"data": data.run, "pretrain": pretrain.run, "sft": sft.run, "lora": sft.run, "reward": reward.run,
-               "ppo": ppo.run, **{m: trl_methods.run for m in trl_methods.METHODS}}
-    if stage not in runners:
-        raise LaunchError(f"unknown stage {stage!r}; choose one of {', '.join(runners)}")
-    kwargs = {"overwrite": overwrite, "progress": progress}
-    if stage != "data":
-        kwargs["callbacks"] = callbacks
-    if stage in MAIN_PROCESS_STAGES and runs.world_size() > 1:
-        import torch.distributed as dist
-
-        result = runners[stage](config, run_dir, **kwargs) if runs.is_main_process() else None
-        dist.barrier()
-        if result is None:
-            name = _stage_name(stage, config)
-            result = runs.StageResult(name, runs.stage_dir(run_dir, name), {})
-        return result
-    return runners[stage](config, run_dir, **kwargs)
 
 
 def _stage_main(stage: str, config, run_dir: str, overwrite: bool, threads: int | None) -> None:
@@ -67,12 +41,7 @@ def _stage_main(stage: str, config, run_dir: str, overwrite: bool, threads: int 
 
     if threads:
         torch.set_num_threads(threads)
-    run_stage(stage, config, run_dir, overwrite=overwrite, progress=runs.is_main_process())
-
-
-def _stage_name(stage: str, config) -> str:
-    """The run folder the stage writes: its config's stage_name, else "lora" for LoRA SFT, else the stage."""
-    return getattr(config, "stage_name", None) or ("lora" if stage in ("sft", "lora") and config.lora else stage)
+    pipeline.run_stage(stage, config, run_dir, overwrite=overwrite, progress=runs.is_main_process())
 
 
 def launch(stage: str, config, run_dir: str | Path, num_processes: int = 2, overwrite: bool = False,
@@ -88,6 +57,7 @@ def launch(stage: str, config, run_dir: str | Path, num_processes: int = 2, over
     from accelerate.state import AcceleratorState
     from accelerate.utils import patch_environment
 
+    pipeline.stage(stage)  # an unknown stage fails here, not in the forked processes
     if num_processes < 1:
         raise LaunchError(f"num_processes must be at least 1, not {num_processes}")
     if torch.cuda.is_available() and num_processes > torch.cuda.device_count():
@@ -106,11 +76,10 @@ def launch(stage: str, config, run_dir: str | Path, num_processes: int = 2, over
                           mixed_precision=mixed_precision)
     if num_processes > 1:
         AcceleratorState._reset_state(reset_partial_state=True)  # what the forked processes did is not ours
-    name = _stage_name(stage, config)
-    final = runs.stage_dir(run_dir, name)
+    final = runs.stage_dir(run_dir, config.output_name)
     if not runs.finished(final):
         raise LaunchError(f"the launched {stage} stage did not finish: no {final / 'metrics.json'} (see the output above)")
-    return runs.StageResult(name, final, runs.read_metrics(final))
+    return runs.StageResult(config.output_name, final, runs.read_metrics(final))
 
 
 def _clear_launch_blockers() -> None:
@@ -134,26 +103,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def gathered_model(trainer):
-    """A transformers Trainer's trained model as one plain module on the main process (None on the others).
-
-    Under DDP the main process already holds every weight. Under FSDP or DeepSpeed ZeRO-3 each process holds
-    a shard: every process must take part in gathering them (accelerate's `get_state_dict`), and the main
-    process loads the full weights into a fresh model of the same class."""
-    from accelerate.utils import DistributedType
-
-    accelerator = trainer.accelerator
-    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        return trainer.model if trainer.is_world_process_zero() else None
-    if getattr(trainer.model, "peft_config", None):
-        raise LaunchError("LoRA under FSDP or DeepSpeed is not supported by llmkit yet: train LoRA with DDP "
-                          "(configs/accelerate/multi_gpu.yaml) or full weights under FSDP/ZeRO")
-    state = accelerator.get_state_dict(trainer.model_wrapped)
-    if not trainer.is_world_process_zero():
-        return None
-    plain = accelerator.unwrap_model(trainer.model)
-    fresh = type(plain)(plain.config)
-    fresh.load_state_dict(state)
-    return fresh

@@ -13,22 +13,29 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmkit.runs import StageError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXT_FIELDS = ("text", "content", "document", "body", "raw_content")
 SUFFIXES = (".jsonl", ".json", ".parquet", ".txt", ".md")
 
 
-class DataError(ValueError):
+class DataError(StageError):
     """Bad input data: the message names the file (and line or field) and what is accepted."""
 
 
 def bundled_path(name: str = "") -> Path:
-    """A file of the bundled closed-world data (`data_samples/`)."""
-    path = REPO_ROOT / "data_samples" / name
+    """A file of the bundled closed-world data: `data_samples/` in the repository, which an installed package
+    holds as `llmkit.data_samples` (pyproject.toml ships it as package data)."""
+    from importlib import resources
+
+    try:
+        folder = Path(str(resources.files("llmkit.data_samples")))
+    except ModuleNotFoundError:  # a checkout on the path, not installed
+        folder = REPO_ROOT / "data_samples"
+    path = folder / name
     if not path.exists():
-        raise FileNotFoundError(
-            f"bundled data file {path} is missing; regenerate it with `python data_samples/generate.py`"
-        )
+        raise DataError(f"bundled data file {path} is missing; regenerate it with `python data_samples/generate.py`")
     return path
 
 

@@ -102,3 +102,12 @@ def flops_per_token(model, seq_len: int) -> float:
     cfg = model.config
     n = sum(p.numel() for p in model.parameters())
     return 6 * n + 12 * cfg.num_hidden_layers * cfg.hidden_size * seq_len
+
+
+def load_causal_lm(path, device=None):
+    """A local checkpoint as a float32 causal LM in eval mode, on `device` (default: where it loads, the CPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    return (model.to(device) if device is not None else model).eval()

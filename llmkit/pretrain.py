@@ -28,222 +28,227 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from llmkit import runs
+from llmkit.config import StageConfig, configure, option
 from llmkit.curves import save_curves
-from llmkit.evaluate import fact_completion, greedy_continuations
 from llmkit.loaders import read_jsonl
-from llmkit.model import PRESETS, build_model, flops_per_token, parameter_counts
-from llmkit.muon import Muon
+from llmkit.model import PRESETS as MODEL_PRESETS
+from llmkit.model import build_model, flops_per_token, load_causal_lm, parameter_counts
+from llmkit.runs import StageError
 from llmkit.tokenizer import tokenizer_fingerprint
 
-STAGE = "pretrain"
+if TYPE_CHECKING:
+    import torch
+
 OPTIMIZERS = ("adamw", "muon")  # for the transformer's matrices; norms and embeddings always get AdamW
 
 
-class PretrainError(ValueError):
-    """Bad input to pretraining: the message says what is wrong and what is accepted."""
-
-
 @dataclass
-class PretrainConfig:
-    preset: str = "tiny"  # model size and batch defaults: see llmkit.model.PRESETS
-    depth: int | None = None  # overrides the preset's depth (width, heads and learning rate follow)
-    base_model: str | None = None  # a local transformers causal-LM folder: continued pretraining
-    data: str | None = None  # None: RUN_DIR/data/blocks; else a blocks folder, or text files/folders to tokenize
-    text_field: str | None = None  # for jsonl/parquet text data
-    seq_len: int | None = None  # tokens per training row (default: the preset's); documents are re-packed
-    batch_size: int | None = None  # sequences per optimizer step, over all devices
-    micro_batch_size: int | None = None  # sequences per forward pass on one device (default: the preset's)
-    max_steps: int = 1100  # the tiny preset's 4-minute budget on 2 CPU cores
-    learning_rate: float | None = None
-    warmup_steps: int = 30
-    min_lr_ratio: float = 0.1
-    weight_decay: float | None = None  # None: the preset's (llmkit.model.PRESETS: 1.0 for tiny, else 0.1)
-    grad_clip: float = 1.0
-    optimizer: str | None = None  # "muon" (the transformer's matrices; AdamW for the rest) or "adamw"; None: the preset's
-    eval_every: int = 100
-    eval_sequences: int = 64
-    save_every: int = 100
-    sample_prompts: list[str] = field(default_factory=list)  # empty: a few closed-world or corpus prompts
-    fact_completion: bool | None = None  # None: on when the data is the bundled closed world
-    mixed_precision: str = "auto"  # "auto" (bf16 on a GPU that has it), "bf16", "fp16" or "no"
-    compile: bool = False  # torch.compile the model (GPU; on CPU the compile time outweighs the gain)
-    keep_checkpoints: bool = False  # keep .../pretrain/checkpoints after finishing
-    seed: int = 0
+class PretrainConfig(StageConfig):
+    STAGE: ClassVar[str] = "pretrain"
+
+    model_preset: str = option("tiny", "model size and batch defaults: one of llmkit.model.PRESETS",
+                               choices=tuple(MODEL_PRESETS))
+    depth: int | None = option(None, "model depth, overriding the preset's (width, heads and learning rate follow)")
+    base_model: str | None = option(None, "a local transformers causal-LM folder to continue pretraining from")
+    data: str | None = option(None, "a blocks folder, or text files/folders to tokenize (default: RUN_DIR/data/blocks)")
+    text_field: str | None = option(None, "field holding the text in jsonl/parquet data")
+    seq_len: int | None = option(None, "tokens per training row (default: the model preset's); documents are re-packed")
+    batch_size: int | None = option(None, "sequences per optimizer step, over all devices (default: the model preset's)")
+    micro_batch_size: int | None = option(None, "sequences per forward pass on one device (default: the model preset's)")
+    max_steps: int = option(1100, "optimizer steps")
+    learning_rate: float | None = option(None, "peak learning rate (default: the model preset's, from its width)")
+    warmup_steps: int = option(30, "steps of linear warmup")
+    min_lr_ratio: float = option(0.1, "the cosine schedule ends at this fraction of the peak")
+    weight_decay: float | None = option(None, "AdamW's, on the transformer's matrices (default: the model "
+                                              "preset's: 1.0 for tiny, else 0.1)")
+    grad_clip: float = option(1.0, "gradient norm clipping")
+    optimizer: str | None = option(None, "for the transformer's matrices: adamw, or muon (fewer steps); default: "
+                                         "the model preset's", choices=(None, *OPTIMIZERS))
+    eval_every: int = option(100, "steps between validation measurements")
+    eval_sequences: int = option(64, "validation rows per measurement")
+    save_every: int = option(100, "steps between checkpoints (an interrupted run resumes from the last)")
+    sample_prompts: list[str] = option(default_factory=list, help="prompts to sample continuations of at the end "
+                                                                   "(default: a few closed-world or corpus prompts)")
+    closed_world: bool | None = option(None, "measure fact completion on the closed world (default: when the data "
+                                             "is the bundled closed world)")
+    mixed_precision: str = option("auto", "auto (bf16 on a GPU that has it), bf16, fp16 or no",
+                                  choices=("auto", "bf16", "fp16", "no"))
+    compile: bool = option(False, "torch.compile the model (GPU; on a CPU the compile time outweighs the gain)")
+    keep_checkpoints: bool = option(False, "keep .../pretrain/checkpoints after finishing")
+    seed: int = option(0, "seed of the initialisation and the data order")
 
 
-# CLI presets: the model presets of llmkit.model, plus "smoke" (a two-layer model, a few steps) for tests.
-STEP_PRESETS = {"smoke": {"preset": "tiny", "depth": 2, "max_steps": 20, "eval_every": 10, "save_every": 10,
-                          "batch_size": 16}}
+# Stage presets: the model presets of llmkit.model with the steps that go with them, and "smoke" (a two-layer
+# model, a few steps) for tests. small and gpt2 are GPU starting points for a corpus of your own.
+PRESETS: dict[str, dict] = {
+    "smoke": {"model_preset": "tiny", "depth": 2, "max_steps": 20, "eval_every": 10, "save_every": 10,
+              "batch_size": 16},
+    "tiny": {"model_preset": "tiny"},  # the 4-minute budget on 2 CPU cores
+    "small": {"model_preset": "small", "max_steps": 5000, "warmup_steps": 200, "eval_every": 250, "save_every": 500},
+    "gpt2": {"model_preset": "gpt2", "max_steps": 10000, "warmup_steps": 500, "eval_every": 500, "save_every": 1000},
+}
 
 
 def config_for(preset: str = "tiny", **overrides) -> PretrainConfig:
-    if preset in STEP_PRESETS:
-        return PretrainConfig(**{**STEP_PRESETS[preset], **overrides})
-    if preset not in PRESETS:
-        raise PretrainError(f"unknown preset {preset!r}; choose one of {', '.join([*PRESETS, *STEP_PRESETS])}")
-    return PretrainConfig(preset=preset, **overrides)
+    return configure(PretrainConfig, PRESETS, preset, overrides)
 
 
 def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
         callbacks: tuple = ()) -> runs.StageResult:
     """Train (or resume training) and write RUN_DIR/pretrain. `callbacks`: objects with `on_log(record)`,
     called with every log record (the live monitor in widgets/ is one)."""
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    preset = _preset(config)
+    from llmkit.generation import greedy_continuations
+    from llmkit.training import precision
+
+    preset = model_preset(config)
     optimizer_name = config.optimizer or preset.optimizer
-    if optimizer_name not in OPTIMIZERS:
-        raise PretrainError(f"PretrainConfig.optimizer is {optimizer_name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    final, work = runs.reuse_or_start(run_dir, STAGE, overwrite, resumable=True)
-    if work is None:
-        return runs.StageResult(STAGE, final, runs.read_metrics(final), reused=True)
+    out = runs.Stage(run_dir, config.output_name, overwrite, resumable=True)
+    if out.reusable:
+        return out.reuse()
     run_dir = Path(run_dir)
+    runs.world_size()  # join a launcher's process group first: an Accelerator made before it on CPUs runs alone
     # The schedule counts optimizer steps, which are the same on any number of processes (accelerate's default
     # would step it once per process per step, running the warmup and decay N times too fast).
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.mixed_precision),
-                              step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(mixed_precision=precision(config.mixed_precision), step_scheduler_with_optimizer=False)
     set_seed(config.seed)
-
-    tokenizer, model = _model_and_tokenizer(config, run_dir, preset.depth)
+    tokenizer, model = _model_and_tokenizer(config, run_dir, preset.depth)  # bad input: nothing written yet
     blocks, val, bytes_per_token = load_training_data(config, run_dir, tokenizer, preset.seq_len)
     check_vocabulary(blocks, model)
-    seq_len = config.seq_len or preset.seq_len
-    train = PackedEpochs(split_documents(blocks, tokenizer.bos_token_id), seq_len, config.seed)
-    val = val.flatten()[: len(val.flatten()) // seq_len * seq_len].view(-1, seq_len)
-    if config.compile:
-        model = torch.compile(model)
+    with out:
+        work = out.work
+        seq_len = config.seq_len or preset.seq_len
+        train = PackedEpochs(split_documents(blocks, tokenizer.bos_token_id), seq_len, config.seed)
+        val = val.flatten()[: len(val.flatten()) // seq_len * seq_len].view(-1, seq_len)
+        if config.compile:
+            model = torch.compile(model)
 
-    world_size = accelerator.num_processes
-    batch = config.batch_size or preset.batch_size
-    micro, accumulation = runs.split_batch(batch, config.micro_batch_size or preset.micro_batch_size,
-                                           world_size, PretrainError)
-    lr = config.learning_rate or preset.learning_rate
+        world_size = accelerator.num_processes
+        batch = config.batch_size or preset.batch_size
+        micro, accumulation = runs.split_batch(batch, config.micro_batch_size or preset.micro_batch_size, world_size)
+        lr = config.learning_rate or preset.learning_rate
 
-    # Weight decay on the transformer's matrices only: not on norms, and not on the token embeddings (tied to
-    # the output layer), where it shrinks every token's vector and flattens the output distribution — sampled
-    # answers then run on past the end of turn (measured: 23 % instead of 100 % ending with EOS at T = 0.7).
-    embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
-    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embeddings]
-    no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in embeddings]
-    weight_decay = config.weight_decay if config.weight_decay is not None else preset.weight_decay
-    optimizers = _optimizers(optimizer_name, decay, no_decay, lr, weight_decay, fused=accelerator.device.type == "cuda")
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, config)) for o in optimizers]
-    model, *prepared = accelerator.prepare(model, *optimizers, *schedulers)
-    optimizers, schedulers = prepared[:len(optimizers)], prepared[len(optimizers):]
+        # Weight decay on the transformer's matrices only: not on norms, and not on the token embeddings (tied to
+        # the output layer), where it shrinks every token's vector and flattens the output distribution — sampled
+        # answers then run on past the end of turn (measured: 23 % instead of 100 % ending with EOS at T = 0.7).
+        embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+        decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embeddings]
+        no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in embeddings]
+        weight_decay = config.weight_decay if config.weight_decay is not None else preset.weight_decay
+        optimizers = _optimizers(optimizer_name, decay, no_decay, lr, weight_decay,
+                                 fused=accelerator.device.type == "cuda")
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, config)) for o in optimizers]
+        model, *prepared = accelerator.prepare(model, *optimizers, *schedulers)
+        optimizers, schedulers = prepared[:len(optimizers)], prepared[len(optimizers):]
 
-    checkpoints = work / "checkpoints"
-    start_step, elapsed = resume_from(checkpoints, accelerator)
-    log_path = work / "log.jsonl"
-    if accelerator.is_main_process:  # forget what came after the checkpoint
-        _truncate_log(log_path, start_step)
-    _truncate_log(work / "ranks" / f"rank{accelerator.process_index}.jsonl", start_step)
+        checkpoints = work / "checkpoints"
+        start_step, elapsed = resume_from(checkpoints, accelerator)
+        log = runs.LogWriter(work / "log.jsonl", callbacks)
+        log.keep_until(start_step)  # forget what came after the checkpoint
+        runs.keep_log_until(work / "ranks" / f"rank{accelerator.process_index}.jsonl", start_step)
 
-    n_flops = flops_per_token(accelerator.unwrap_model(model), seq_len)
-    peak = peak_flops(accelerator.device) * world_size  # tokens/s counts every process's tokens
-    closed_world = config.fact_completion if config.fact_completion is not None else _is_closed_world(config, run_dir)
-    prompts = config.sample_prompts or _default_prompts(closed_world, tokenizer, val)
+        n_flops = flops_per_token(accelerator.unwrap_model(model), seq_len)
+        peak = peak_flops(accelerator.device) * world_size  # tokens/s counts every process's tokens
+        closed_world = config.closed_world if config.closed_world is not None else _is_closed_world(config, run_dir)
+        prompts = config.sample_prompts or _default_prompts(closed_world, tokenizer, val)
 
-    def log(record: dict) -> None:
+        bar = _progress(progress and accelerator.is_main_process, config.max_steps, start_step)
+        model.train()
+        tokens_seen = start_step * batch * seq_len
+        window_start, window_tokens = time.perf_counter(), 0
+        for step in range(start_step, config.max_steps):
+            mine = train.rows(step, batch)[accelerator.process_index::world_size]
+            step_loss = torch.zeros((), device=accelerator.device)
+            for k in range(accumulation):
+                x = mine[k * micro:(k + 1) * micro].to(accelerator.device)
+                with accelerator.autocast():
+                    loss = model(input_ids=x, labels=x).loss / accumulation
+                accelerator.backward(loss)
+                step_loss += loss.detach()
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+            for optimizer, scheduler in zip(optimizers, schedulers):
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            tokens_seen += batch * seq_len
+            window_tokens += batch * seq_len
+            done = step + 1
+            bar.update(1)
+
+            if done % config.eval_every == 0 or done == config.max_steps or done == 1:
+                if world_size > 1:  # each process's own share of the batch, beside the averaged log.jsonl
+                    rank_log(work, accelerator.process_index, {"step": done, "loss": step_loss.item(),
+                                                               "rows": len(mine), "tokens": mine.numel()})
+                train_loss = accelerator.reduce(step_loss, "mean").item()
+                seconds = time.perf_counter() - window_start
+                elapsed += seconds
+                tps = window_tokens / seconds
+                record = {"step": done, "tokens": tokens_seen, "loss": train_loss,  # loss: this step's batch
+                          "lr": schedulers[-1].get_last_lr()[0],
+                          "grad_norm": float(grad_norm), "tokens_per_s": tps, "mfu": tps * n_flops / peak,
+                          "elapsed_s": elapsed}
+                val_loss = evaluate_loss(model, val, micro, accelerator, config.eval_sequences)
+                record.update(val_loss=val_loss, val_bpb=val_loss / (math.log(2) * bytes_per_token))
+                log.write(record)
+                bar.set_postfix(loss=f"{train_loss:.3f}", val_bpb=f"{record['val_bpb']:.3f}", tok_s=f"{tps:.0f}")
+                window_start, window_tokens = time.perf_counter(), 0
+            if done % config.save_every == 0 or done == config.max_steps:
+                saving = time.perf_counter()
+                save_checkpoint(checkpoints, done, elapsed, accelerator)
+                window_start += time.perf_counter() - saving  # saving is not training time
+        bar.close()
+
+        accelerator.wait_for_everyone()
+        metrics = {}
+        result = runs.StageResult(out.name, out.final, metrics)
         if accelerator.is_main_process:
-            with open(log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-            for cb in callbacks:
-                cb.on_log(record)
+            model = accelerator.unwrap_model(model)
+            model.eval()
+            samples = [{"prompt": p, "continuation": c}
+                       for p, c in zip(prompts, greedy_continuations(model, tokenizer, prompts, max_new_tokens=24))]
+            log.write({"step": config.max_steps, "samples": samples})
+            metrics = _final_metrics(work / "log.jsonl", model, seq_len, n_flops, peak)
+            metrics.update(learning_rate=lr, weight_decay=weight_decay, batch_size=batch, optimizer=optimizer_name)
+            metrics["samples"] = samples
+            if closed_world:
+                from llmkit.evaluate import fact_completion
 
-    bar = _progress(progress and accelerator.is_main_process, config.max_steps, start_step)
-    model.train()
-    tokens_seen = start_step * batch * seq_len
-    window_start, window_tokens = time.perf_counter(), 0
-    for step in range(start_step, config.max_steps):
-        mine = train.rows(step, batch)[accelerator.process_index::world_size]
-        step_loss = torch.zeros((), device=accelerator.device)
-        for k in range(accumulation):
-            x = mine[k * micro:(k + 1) * micro].to(accelerator.device)
-            with accelerator.autocast():
-                loss = model(input_ids=x, labels=x).loss / accumulation
-            accelerator.backward(loss)
-            step_loss += loss.detach()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
-        for optimizer, scheduler in zip(optimizers, schedulers):
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        tokens_seen += batch * seq_len
-        window_tokens += batch * seq_len
-        done = step + 1
-        bar.update(1)
-
-        if done % config.eval_every == 0 or done == config.max_steps or done == 1:
-            if world_size > 1:  # each process's own share of the batch, beside the averaged log.jsonl
-                rank_log(work, accelerator.process_index, {"step": done, "loss": step_loss.item(),
-                                                           "rows": len(mine), "tokens": mine.numel()})
-            train_loss = accelerator.reduce(step_loss, "mean").item()
-            seconds = time.perf_counter() - window_start
-            elapsed += seconds
-            tps = window_tokens / seconds
-            record = {"step": done, "tokens": tokens_seen, "loss": train_loss,  # loss: this step's batch
-                      "lr": schedulers[-1].get_last_lr()[0],
-                      "grad_norm": float(grad_norm), "tokens_per_s": tps, "mfu": tps * n_flops / peak,
-                      "elapsed_s": elapsed}
-            val_loss = evaluate_loss(model, val, micro, accelerator, config.eval_sequences)
-            record.update(val_loss=val_loss, val_bpb=val_loss / (math.log(2) * bytes_per_token))
-            log(record)
-            bar.set_postfix(loss=f"{train_loss:.3f}", val_bpb=f"{record['val_bpb']:.3f}", tok_s=f"{tps:.0f}")
-            window_start, window_tokens = time.perf_counter(), 0
-        if done % config.save_every == 0 or done == config.max_steps:
-            saving = time.perf_counter()
-            save_checkpoint(checkpoints, done, elapsed, accelerator)
-            window_start += time.perf_counter() - saving  # saving is not training time
-    bar.close()
-
-    accelerator.wait_for_everyone()
-    metrics = {}
-    if accelerator.is_main_process:
-        model = accelerator.unwrap_model(model)
-        model.eval()
-        samples = [{"prompt": p, "continuation": c}
-                   for p, c in zip(prompts, greedy_continuations(model, tokenizer, prompts, max_new_tokens=24))]
-        log({"step": config.max_steps, "samples": samples})
-        metrics = _final_metrics(work / "log.jsonl", model, seq_len, n_flops, peak)
-        metrics.update(learning_rate=lr, weight_decay=weight_decay, batch_size=batch, optimizer=optimizer_name)
-        metrics["samples"] = samples
-        if closed_world:
-            fc = fact_completion(model, tokenizer)
-            metrics["fact_completion"] = fc["fact_completion"]
-            metrics["fact_completion_by_attribute"] = {k: v for k, v in fc.items() if k not in ("fact_completion", "examples")}
-            metrics["fact_completion_examples"] = fc["examples"]
-        getattr(model, "_orig_mod", model).save_pretrained(work, safe_serialization=True)
-        tokenizer.save_pretrained(work)
-        save_curves(work)
-        if not config.keep_checkpoints:
-            shutil.rmtree(checkpoints, ignore_errors=True)
-        result = runs.commit(work, final, config, metrics)
-    accelerator.wait_for_everyone()
-    return result if accelerator.is_main_process else runs.StageResult(STAGE, final, metrics)
+                fc = fact_completion(model, tokenizer)
+                metrics["fact_completion"] = fc["fact_completion"]
+                metrics["fact_completion_by_attribute"] = {k: v for k, v in fc.items()
+                                                           if k not in ("fact_completion", "examples")}
+                metrics["fact_completion_examples"] = fc["examples"]
+            getattr(model, "_orig_mod", model).save_pretrained(work, safe_serialization=True)
+            tokenizer.save_pretrained(work)
+            save_curves(work)
+            if not config.keep_checkpoints:
+                shutil.rmtree(checkpoints, ignore_errors=True)
+            result = out.commit(config, metrics)
+        accelerator.wait_for_everyone()
+        return result
 
 
 def _optimizers(name: str, matrices: list, others: list, lr: float, weight_decay: float, fused: bool) -> list:
     """AdamW for everything, or Muon (orthogonalised momentum, Jordan et al. 2024) for the transformer's matrices
     beside AdamW for the embeddings and norms. Muon's step is scaled to AdamW's RMS ("match_rms_adamw"), so
     the same peak learning rate and schedule serve both."""
+    import torch
+
+    from llmkit.muon import Muon
+
     if name == "adamw":
         return [torch.optim.AdamW([{"params": matrices, "weight_decay": weight_decay},
                                    {"params": others, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95), fused=fused)]
     return [Muon(matrices, lr=lr, weight_decay=weight_decay),
             torch.optim.AdamW(others, lr=lr, betas=(0.9, 0.95), weight_decay=0.0, fused=fused)]
-
-
-def _truncate_log(path: Path, start_step: int) -> None:
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
-        path.write_text("".join(line + "\n" for line in kept) if start_step else "")
 
 
 def rank_log(work: Path, rank: int, record: dict) -> None:
@@ -276,10 +281,12 @@ class PackedEpochs:
         self.docs, self.seq_len, self.seed = docs, seq_len, seed
         self.rows_per_epoch = sum(len(d) for d in docs) // seq_len
         if self.rows_per_epoch == 0:
-            raise PretrainError(f"the training data holds fewer than seq_len={seq_len} tokens")
+            raise StageError(f"the training data holds fewer than seq_len={seq_len} tokens")
         self._cache: tuple[int, torch.Tensor] | None = None
 
     def epoch(self, e: int) -> torch.Tensor:
+        import torch
+
         if self._cache is None or self._cache[0] != e:
             order = torch.randperm(len(self.docs), generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
             stream = torch.cat([self.docs[i] for i in order.tolist()])
@@ -287,6 +294,8 @@ class PackedEpochs:
         return self._cache[1]
 
     def rows(self, step: int, batch: int) -> torch.Tensor:
+        import torch
+
         out = []
         for i in range(step * batch, (step + 1) * batch):
             e, r = divmod(i, self.rows_per_epoch)
@@ -306,6 +315,7 @@ def split_documents(blocks: torch.Tensor, bos_id: int) -> list[torch.Tensor]:
 # ---- data -----------------------------------------------------------------------------------------
 def load_training_data(config: PretrainConfig, run_dir: Path, tokenizer, default_seq_len: int):
     """(train, validation) packed blocks as int64 tensors (rows, block length), and bytes per token."""
+    import torch
     from datasets import Dataset, load_from_disk
 
     from llmkit.tokenizer import pack_sequences
@@ -317,7 +327,7 @@ def load_training_data(config: PretrainConfig, run_dir: Path, tokenizer, default
     if source is None or _is_blocks(source):
         blocks_dir = source or data_stage / "blocks"
         if not blocks_dir.exists():
-            raise PretrainError(
+            raise StageError(
                 f"{blocks_dir} does not exist: run the data stage first (llmkit data --run-dir {run_dir}) "
                 "or pass data= / --data with a blocks folder or text files"
             )
@@ -333,7 +343,7 @@ def load_training_data(config: PretrainConfig, run_dir: Path, tokenizer, default
 
     docs, _ = load_documents(source, config.text_field)
     if not docs:
-        raise PretrainError(f"{source}: no documents to train on")
+        raise StageError(f"{source}: no documents to train on")
     seq_len = config.seq_len or default_seq_len
     n_val = max(1, len(docs) // 20) if len(docs) > 1 else 0
     texts = [d["text"] for d in docs]
@@ -345,7 +355,7 @@ def load_training_data(config: PretrainConfig, run_dir: Path, tokenizer, default
     packed_train, s_train = pack_sequences(Dataset.from_dict({"text": texts}), tokenizer, seq_len)
     packed_val, s_val = pack_sequences(Dataset.from_dict({"text": val_texts}), tokenizer, seq_len)
     if len(packed_train) == 0 or len(packed_val) == 0:
-        raise PretrainError(f"{source}: too little text for one training and one validation block of {seq_len} tokens")
+        raise StageError(f"{source}: too little text for one training and one validation block of {seq_len} tokens")
     train = torch.tensor(packed_train["input_ids"], dtype=torch.long)
     val = torch.tensor(packed_val["input_ids"], dtype=torch.long)
     return train, val, s_val["bytes_per_token"]
@@ -358,7 +368,7 @@ def _is_blocks(path: Path) -> bool:
 def _check_tokenizer_matches(blocks_dir: Path, tokenizer) -> None:
     stamp = blocks_dir / "tokenizer_fingerprint.txt"
     if stamp.exists() and stamp.read_text().strip() != tokenizer_fingerprint(tokenizer):
-        raise PretrainError(
+        raise StageError(
             f"{blocks_dir} was tokenized with a different tokenizer than the model's ({stamp.read_text().strip()} "
             f"vs {tokenizer_fingerprint(tokenizer)}): token ids would mean different things. Train on text "
             "instead (data= a text/jsonl path, or the data stage's documents.jsonl) so it is tokenized for this model"
@@ -369,7 +379,7 @@ def check_vocabulary(train: torch.Tensor, model) -> None:
     vocab = model.get_input_embeddings().num_embeddings
     top = int(train.max())
     if top >= vocab:
-        raise PretrainError(
+        raise StageError(
             f"the training data holds token id {top} but the model's vocabulary has {vocab} entries: the blocks "
             "were made with a different tokenizer; retokenize the text with the model's tokenizer"
         )
@@ -381,10 +391,9 @@ def _bytes_per_token(tokenizer, blocks: torch.Tensor) -> float:
 
 
 # ---- model ----------------------------------------------------------------------------------------
-def _preset(config: PretrainConfig):
-    if config.preset not in PRESETS:
-        raise PretrainError(f"unknown preset {config.preset!r}; choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[config.preset]
+def model_preset(config: PretrainConfig):
+    """The model preset (llmkit.model.PRESETS) the config names, with its depth overridden if the config says so."""
+    preset = MODEL_PRESETS[config.model_preset]
     if config.depth:
         import dataclasses
 
@@ -396,21 +405,18 @@ def _model_and_tokenizer(config: PretrainConfig, run_dir: Path, depth: int):
     from llmkit.tokenizer import load_tokenizer
 
     if config.base_model:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        path = Path(config.base_model)
-        if not (path / "config.json").exists():
-            raise PretrainError(f"base_model {path}: not a local transformers model folder (no config.json)")
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-        return tokenizer, model
+        path = runs.model_folder(config.base_model, None, "base model", "give base_model a local transformers "
+                                                                         "causal-LM folder")
+        return AutoTokenizer.from_pretrained(path, local_files_only=True), load_causal_lm(path)
     tok_dir = run_dir / "data" / "tokenizer"
     if tok_dir.exists():
         tokenizer = load_tokenizer(tok_dir)
     elif config.data and not _is_blocks(Path(config.data)):
         tokenizer = _tokenizer_for_text(config)  # plain text and no data stage: train a BPE on the text itself
     else:
-        raise PretrainError(f"{tok_dir} does not exist: run the data stage first, or give data= text files or base_model")
+        raise StageError(f"{tok_dir} does not exist: run the data stage first, or give data= text files or base_model")
     return tokenizer, build_model(depth, tokenizer, seed=config.seed)
 
 
@@ -422,16 +428,11 @@ def _tokenizer_for_text(config: PretrainConfig):
     return train_tokenizer((d["text"] for d in docs), vocab_size=4096)
 
 
-def _mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
 # ---- evaluation, sampling, checkpoints -----------------------------------------------------------
-@torch.no_grad()
 def evaluate_loss(model, val: torch.Tensor, micro: int, accelerator, max_sequences: int) -> float:
     """Mean validation loss (nats per token) over the first `max_sequences` validation rows."""
+    import torch
+
     model.eval()
     rows = val[:max_sequences]
     mine = rows[accelerator.process_index::accelerator.num_processes]
@@ -439,7 +440,7 @@ def evaluate_loss(model, val: torch.Tensor, micro: int, accelerator, max_sequenc
     count = torch.zeros((), device=accelerator.device)
     for i in range(0, len(mine), micro):
         x = mine[i:i + micro].to(accelerator.device)
-        with accelerator.autocast():
+        with torch.no_grad(), accelerator.autocast():
             loss = model(input_ids=x, labels=x).loss
         total += loss.float() * len(x)
         count += len(x)
@@ -481,7 +482,7 @@ def resume_from(checkpoints: Path, accelerator) -> tuple[int, float]:
         state = json.loads((latest / "trainer_state.json").read_text())
         accelerator.load_state(str(latest))
     except Exception as e:  # a truncated or foreign file: say which checkpoint, keep everything on disk
-        raise PretrainError(
+        raise StageError(
             f"cannot resume from {latest}: {type(e).__name__}: {e}. The checkpoint is unreadable; nothing was "
             "changed. Delete that folder to resume from an earlier one, or pass overwrite=True (--overwrite) "
             "to start again"
@@ -514,6 +515,8 @@ NOMINAL_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e
 
 def peak_flops(device: torch.device) -> float:
     """Peak FLOP/s for MFU: a GPU's nominal bf16 peak when known, else a measured fp32 matmul peak."""
+    import torch
+
     key = str(device)
     if key not in _PEAK_CACHE:
         if device.type == "cuda":
@@ -525,8 +528,13 @@ def peak_flops(device: torch.device) -> float:
     return _PEAK_CACHE[key]
 
 
-def measure_matmul_flops(device: torch.device, dtype=torch.float32, n: int = 1024, seconds: float = 0.5) -> float:
-    """Best observed FLOP/s of an n×n matmul on `device` — the practical peak a training step can reach."""
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype | None = None, n: int = 1024,
+                         seconds: float = 0.5) -> float:
+    """Best observed FLOP/s of an n×n matmul on `device` (float32 unless `dtype`) — the practical peak a
+    training step can reach."""
+    import torch
+
+    dtype = dtype or torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = 0.0

@@ -1,106 +1,113 @@
-"""The pipeline's report: RUN_DIR/report.md with every stage's closed-world numbers, its bar, and its curves.
+"""A run's report, RUN_DIR/report.md: each finished stage's measurements, the bar each must meet, its verdict
+and its curves — and the same measurements as the one line a stage prints when it finishes.
 
-Written by `llmkit pipeline` after its stages ran (or were reused); it reads only the stage folders'
-metrics.json, so it can be rewritten at any time with `write_report(run_dir)`.
+What each stage reports is declared once, as `Row`s in the pipeline's registry (`llmkit.pipeline`); this module
+only reads the stage folders' metrics.json against them, so a report can be rewritten at any time.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit import runs
 
-# stage -> [(label, metric key, bar)]; a bar is None, (op, value), the key of SFT's value the metric may fall at
-# most 0.05 below (RL must not lose what SFT knew; answering more questions right than SFT is no failure), or
-# ("beside", key of SFT's value) to show that value without a verdict
-ROWS = {
-    "data": [("documents kept", "documents_out", None), ("bytes per token", "validation_bytes_per_token", None)],
-    "pretrain": [("base fact completion", "fact_completion", (">=", 0.8)), ("validation bits per byte", "val_bpb", None),
-                 ("MFU", "mfu", None)],
-    "sft": [("held-out QA", "qa_heldout", (">=", 0.6)), ("trained-entity QA", "qa_trained", None),
-            ("base model's held-out QA", "base_qa_heldout", ("<=", 0.1))],
-    "lora": [("held-out QA", "qa_heldout", None), ("trainable fraction", "trainable_fraction", ("<=", 0.05))],
-    "reward": [("pairwise accuracy (eval split)", "eval_accuracy", (">=", 0.9)),
-               ("agreement with the oracle, fresh SFT answers", "oracle_agreement", None)],
-    "ppo": [("oracle win-rate vs SFT", "oracle_win_rate", (">=", 0.65)), ("KL to SFT per token", "eval_kl_per_token", None),
-            ("held-out QA (SFT's)", "qa_heldout", "sft_qa_heldout"), ("trained QA (SFT's)", "qa_trained", "sft_qa_trained"),
-            ("rude or rambling answers (SFT's)", "eval_habit_rate", ("beside", "eval_habit_rate_sft")),
-            # the win-rate is relative: the better the SFT model, the less there is to win against it
-            ("oracle score of its answers (SFT's)", "eval_oracle_score", ("beside", "eval_oracle_score_sft"))],
-}
-for method in ("grpo", "rloo", "dpo"):
-    ROWS[method] = [("oracle win-rate vs SFT", "oracle_win_rate", None), ("KL to SFT per token", "eval_kl_per_token", None),
-                    ("held-out QA (SFT's)", "qa_heldout", "sft_qa_heldout"),
-                    ("oracle score of its answers (SFT's)", "eval_oracle_score", ("beside", "eval_oracle_score_sft"))]
+
+@dataclass(frozen=True)
+class Row:
+    """One measurement of a stage: its key in metrics.json, and optionally a bar and a value shown beside it.
+
+    `at_least` / `at_most`: a fixed bar. `beside`: the key of another value to show in parentheses (the SFT
+    model's, for an RL stage). `max_drop`: the value may fall at most this far below `beside`'s — RL must not
+    lose what SFT knew; answering more questions right than SFT is no failure."""
+
+    label: str
+    key: str
+    at_least: float | None = None
+    at_most: float | None = None
+    beside: str | None = None
+    max_drop: float | None = None
+
+    def verdict(self, metrics: dict) -> str:
+        """"met", "**not met**", or "" where the row has no bar."""
+        value = metrics[self.key]
+        checks = []
+        if self.at_least is not None:
+            checks.append(value >= self.at_least)
+        if self.at_most is not None:
+            checks.append(value <= self.at_most)
+        if self.max_drop is not None:  # 16 of 320 questions is 0.05 exactly, which float subtraction can make
+            checks.append(metrics[self.beside] - value <= self.max_drop + 1e-9)  # 0.0500000000000000x
+        if not checks:
+            return ""
+        return "met" if all(checks) else "**not met**"
+
+    def bar(self) -> str:
+        parts = [f">= {self.at_least:g}"] if self.at_least is not None else []
+        parts += [f"<= {self.at_most:g}"] if self.at_most is not None else []
+        parts += [f"at most {self.max_drop:g} below SFT"] if self.max_drop is not None else []
+        return ", ".join(parts)
+
+    def value(self, metrics: dict) -> str | None:
+        """The value as shown (with the `beside` value in parentheses), or None where the stage did not measure it."""
+        value = metrics.get(self.key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        if self.beside in metrics:
+            shown += f" ({metrics[self.beside]:.3f})"
+        return shown
 
 
-def _sft_key(bar) -> str | None:
-    """The SFT metric a bar compares the value with, or shows beside it."""
-    if isinstance(bar, str):
-        return bar
-    return bar[1] if bar and bar[0] == "beside" else None
+def summary(rows: tuple[Row, ...], metrics: dict) -> str:
+    """The stage's measurements on one line: "label value (beside) [bar: verdict]" for each it has."""
+    parts = []
+    for row in rows:
+        shown = row.value(metrics)
+        if shown is not None:
+            verdict = row.verdict(metrics)
+            parts.append(f"{row.label} {shown}" + (f" [{row.bar()}: {verdict.strip('*')}]" if verdict else ""))
+    return " · ".join(parts)
 
 
-def _verdict(value: float, bar, metrics: dict) -> str:
-    if isinstance(bar, str):  # at most 5 points below the SFT model's, 5 included: 16 of 320 questions is 0.05
-        # exactly, which float subtraction can make 0.0500000000000000x (0.775 − 0.725)
-        return "met" if metrics[bar] - value <= 0.05 + 1e-9 else "**not met**"
-    if bar is None or bar[0] == "beside":
-        return ""
-    op, target = bar
-    ok = value >= target if op == ">=" else value <= target
-    return "met" if ok else "**not met**"
-
-
-def _bar_text(bar) -> str:
-    if isinstance(bar, str):
-        return "at most 0.05 below SFT"
-    if bar is None or bar[0] == "beside":
-        return ""
-    return f"{bar[0]} {bar[1]:g}"
-
-
-def write_report(run_dir: str | Path, timings: dict[str, float | None] | None = None) -> Path:
-    """Write RUN_DIR/report.md; `timings` maps stage -> seconds this run (None: reused)."""
+def write_report(run_dir: str | Path, sections: list[tuple[str, tuple[Row, ...]]],
+                 timings: dict[str, float | None] | None = None, peak_flops: float | None = None) -> Path:
+    """Write RUN_DIR/report.md: a table row per measurement of each finished folder in `sections` (folder name,
+    its rows), its curves, and the wall time of the stages run this time. `timings`: folder -> seconds this run
+    (None: reused). `peak_flops`: the machine's measured matmul peak, beside the wall time."""
     run_dir = Path(run_dir)
     timings = timings or {}
     lines = [f"# llmkit run report: {run_dir}", "",
              "| stage | measurement | value | bar | verdict | wall time this run |", "|---|---|---:|---|---|---:|"]
     plots = []
-    for stage, rows in ROWS.items():
-        folder = runs.stage_dir(run_dir, stage)
+    for folder_name, rows in sections:
+        folder = runs.stage_dir(run_dir, folder_name)
         if not runs.finished(folder):
             continue
-        m = runs.read_metrics(folder)
-        t = timings.get(stage, "n/a")
+        metrics = runs.read_metrics(folder)
+        t = timings.get(folder_name, "n/a")
         took = "reused" if t is None else (f"{t:.0f} s" if isinstance(t, float) else t)
         first = True
-        for label, key, bar in rows:
-            if key not in m or not isinstance(m[key], (int, float)):
+        for row in rows:
+            shown = row.value(metrics)
+            if shown is None:
                 continue
-            value = m[key]
-            shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-            sft_key = _sft_key(bar)
-            if sft_key in m:
-                shown += f" ({m[sft_key]:.3f})"
-            lines.append(f"| {stage if first else ''} | {label} | {shown} | {_bar_text(bar)} | "
-                         f"{_verdict(value, bar, m)} | {took if first else ''} |")
+            lines.append(f"| {folder_name if first else ''} | {row.label} | {shown} | {row.bar()} | "
+                         f"{row.verdict(metrics)} | {took if first else ''} |")
             first = False
         if (folder / "curves.png").exists():
-            plots.append(f"### {stage}\n\n![{stage} curves]({stage}/curves.png)\n")
-    lines += _timing_note(run_dir, timings)
+            plots.append(f"### {folder_name}\n\n![{folder_name} curves]({folder_name}/curves.png)\n")
+    lines += _timing_note(timings, peak_flops)
     lines += ["", "## Curves", "", *plots]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-def _timing_note(run_dir: Path, timings: dict) -> list[str]:
-    """The total wall time of the stages that ran, and the machine's speed as pretraining measured it: times
-    only compare between machines of about the same matmul peak."""
+def _timing_note(timings: dict, peak: float | None) -> list[str]:
+    """The total wall time of the stages that ran, and the machine's speed: times only compare between machines
+    of about the same matmul peak."""
     ran = [t for t in timings.values() if isinstance(t, (int, float))]
-    pretrain = runs.stage_dir(run_dir, "pretrain")
-    peak = runs.read_metrics(pretrain).get("peak_flops") if runs.finished(pretrain) else None
     if not ran and not peak:
         return []
     parts = [f"Wall time of the stages run this time: {sum(ran):.0f} s."] if ran else []

@@ -102,3 +102,19 @@ def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def load_chat_tokenizer(path: str | Path):
+    """The tokenizer of a local model folder that a chat stage starts from: it must have a chat template (the
+    conversations are rendered with it), and it gets a pad token (its EOS) where it has none."""
+    from transformers import AutoTokenizer
+
+    from llmkit.runs import StageError
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not tokenizer.chat_template:
+        raise StageError(f"{path}: the tokenizer has no chat template; the stage renders conversations with it. "
+                         "Add one (tokenizer.chat_template = ...; llmkit.tokenizer.CHAT_TEMPLATE is ChatML) and save it")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,4 +1,6 @@
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -45,3 +47,21 @@ def chat_run(base_model, tmp_path_factory):
     tok.save_pretrained(run / "reward")
     (run / "reward" / "metrics.json").write_text("{}")
     return run
+
+
+@pytest.fixture(scope="session")
+def llmkit_command():
+    """Run the `llmkit` command (as `python -m llmkit`) in a folder; returns the completed process."""
+    def run(*args, cwd):
+        return subprocess.run([sys.executable, "-m", "llmkit", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=600)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(llmkit_command, tmp_path_factory):
+    """`llmkit pipeline --preset smoke --quiet` from an empty folder into runs/smoke, once per test session:
+    (the folder, the completed process)."""
+    folder = tmp_path_factory.mktemp("smoke_pipeline")
+    return folder, llmkit_command("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=folder)

@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
+from llmkit.runs import StageError
 from widgets.chat import ChatCompare, _escaped, checkpoints
 
 
 def test_finished_checkpoints_are_offered_in_pipeline_order(chat_run):
     assert list(checkpoints(chat_run)) == ["pretrain", "sft"]  # not the reward model, not unfinished stages
-    with pytest.raises(FileNotFoundError, match="no finished stage with a model"):
+    with pytest.raises(StageError, match="no finished stage with a model"):
         ChatCompare(chat_run / "nothing")
 
 

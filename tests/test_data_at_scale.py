@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llmkit import data, data_at_scale
+from llmkit import cleaning, data, data_at_scale
 from llmkit.loaders import DataError, bundled_path, read_jsonl
 
 
@@ -22,7 +22,7 @@ def test_four_tasks_filter_exactly_as_the_in_process_stage(executor_run):
     config = data.config_for("tiny")
     docs = list(read_jsonl(bundled_path("corpus.jsonl")))
     filters_only = dataclasses.replace(config, exact_dedup=False, minhash_dedup=False, redact_pii=False)
-    in_process = data.clean_corpus(docs, filters_only, data.Ledger(), progress=False)
+    in_process = cleaning.clean_corpus(docs, filters_only, cleaning.Ledger(), progress=False)
     on_executor = data_at_scale.read_gzip_jsonl(out.with_name("clean.work") / "filtered")
     assert {d["id"] for d in on_executor} == {d["id"] for d in in_process}
     assert len(summary["output_files"]) == 4  # one file per task

@@ -4,8 +4,9 @@ import pytest
 from datasets import load_from_disk
 
 from llmkit import data
-from llmkit.data import DataConfig, Ledger, Normalizer, PIIRedactor, exact_dedup, minhash_dedup, read_jsonl
-from llmkit.loaders import DataError
+from llmkit.cleaning import Ledger, Normalizer, PIIRedactor, clean_corpus, exact_dedup, minhash_dedup
+from llmkit.data import DataConfig
+from llmkit.loaders import DataError, read_jsonl
 from llmkit.runs import StageExistsError
 from llmkit.tokenizer import load_tokenizer
 
@@ -144,7 +145,7 @@ def test_the_same_steps_run_on_a_datatrove_executor(tmp_path):
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    from llmkit.data import datatrove_pipeline
+    from llmkit.cleaning import datatrove_pipeline
     from llmkit.loaders import bundled_path, load_documents
 
     docs, _ = load_documents(bundled_path("corpus.jsonl"), max_documents=200)
@@ -159,7 +160,7 @@ def test_the_same_steps_run_on_a_datatrove_executor(tmp_path):
     out = [json.loads(line) for p in sorted((tmp_path / "out").glob("*.jsonl.gz"))
            for line in gzip.open(p, "rt")]
     ledger = Ledger()
-    in_process = data.clean_corpus(docs, DataConfig(exact_dedup=False, minhash_dedup=False), ledger, progress=False)
+    in_process = clean_corpus(docs, DataConfig(exact_dedup=False, minhash_dedup=False), ledger, progress=False)
     assert sorted(d["id"] for d in out) == sorted(d["id"] for d in in_process)
     assert {d["id"]: d["text"] for d in out} == {d["id"]: d["text"] for d in in_process}
 

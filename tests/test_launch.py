@@ -58,10 +58,10 @@ def launch_run(data_run, tmp_path_factory):
     _python("""
         from llmkit import launch, pretrain, sft
         cfg = pretrain.config_for("smoke", max_steps=8, eval_every=1, save_every=100, batch_size=8,
-                                  fact_completion=False)
+                                  closed_world=False)
         pretrain.run(cfg, "one", progress=False)  # in this process: leaves accelerate's state behind
         launch.launch("pretrain", cfg, "two", num_processes=2)
-        tuned = sft.config_for("smoke", base_model="one/pretrain", max_steps=5, batch_size=8, qa_eval=False)
+        tuned = sft.config_for("smoke", base_model="one/pretrain", max_steps=5, batch_size=8, closed_world=False)
         sft.run(tuned, "one", progress=False)
         launch.launch("sft", tuned, "two", num_processes=2)
     """, root)

@@ -1,8 +1,7 @@
 import pytest
 
 from llmkit import world as W
-from llmkit.data import read_jsonl
-from llmkit.loaders import bundled_path
+from llmkit.loaders import bundled_path, read_jsonl
 from llmkit.oracle import Oracle
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from llmkit.generation import generate, response_logprobs
 from llmkit.rl import ppo
 
 
@@ -91,22 +92,6 @@ class LetterReward:
         return [sum(ch == "e" for ch in r) / max(1, len(r)) * 5 for r in responses]
 
 
-def test_rollouts_stop_at_eos_and_use_the_kv_cache(base_model):
-    tok = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model)
-    torch.manual_seed(0)
-    r = ppo.generate(model, tok, ["Hello?", [{"role": "user", "content": "Where was Ada born?"}]], max_new_tokens=6)
-    assert r.input_ids.shape == (2, r.n_prompt + r.mask.shape[1]) and r.mask.shape[1] <= 6
-    for ids, m, ended in zip(r.input_ids[:, r.n_prompt:], r.mask, r.ended):
-        real = ids[m.bool()].tolist()
-        if ended:
-            assert real[-1] == tok.eos_token_id and real.count(tok.eos_token_id) == 1
-        assert (ids[~m.bool()] == tok.pad_token_id).all()
-    # the log-probabilities recomputed by a forward pass are those generation sampled from (same positions)
-    logp = ppo.response_logprobs(model, r.input_ids, r.attention_mask, r.n_prompt, 1.0)
-    assert torch.isfinite(logp[r.mask.bool()]).all() and (logp[r.mask.bool()] < 0).all()
-
-
 def test_a_minibatch_without_its_unused_padding_gets_the_same_log_probs_and_values(base_model):
     """Rollouts of prompts and answers of different lengths; a minibatch of the short ones, trimmed of the columns
     none of them uses, gets the same log-probabilities and values as in the full-width batch."""
@@ -116,7 +101,7 @@ def test_a_minibatch_without_its_unused_padding_gets_the_same_log_probs_and_valu
     torch.manual_seed(0)
     prompts = ["Hi?", "Where was Ada born, and in which year, and what did she do for a living all her life?",
                "Hello?", "Tell me about Elmford."]
-    r = ppo.generate(model, tok, prompts, max_new_tokens=12)
+    r = generate(model, tok, prompts, max_new_tokens=12)
     lengths = r.mask.sum(-1)
     idx = torch.tensor([0, 2])  # two short prompts; trimmed down to their longer answer
     ids, att, n_prompt, width = ppo.trim_padding(r.input_ids[idx], r.attention_mask[idx], r.n_prompt, r.mask[idx])
@@ -124,8 +109,8 @@ def test_a_minibatch_without_its_unused_padding_gets_the_same_log_probs_and_valu
     assert att.sum() == r.attention_mask[idx].sum()  # no real token was cut
     m = r.mask[idx, :width].bool()
     with torch.no_grad():
-        full = ppo.response_logprobs(model, r.input_ids[idx], r.attention_mask[idx], r.n_prompt, 0.7)[:, :width]
-        trimmed = ppo.response_logprobs(model, ids, att, n_prompt, 0.7)
+        full = response_logprobs(model, r.input_ids[idx], r.attention_mask[idx], r.n_prompt, 0.7)[:, :width]
+        trimmed = response_logprobs(model, ids, att, n_prompt, 0.7)
         v_full = ppo.token_values(value, r.input_ids[idx], r.attention_mask[idx], r.n_prompt)[:, :width]
         v_trimmed = ppo.token_values(value, ids, att, n_prompt)
     assert torch.allclose(trimmed[m], full[m], atol=1e-5) and torch.allclose(v_trimmed[m], v_full[m], atol=1e-5)
@@ -138,13 +123,13 @@ def test_ppo_raises_a_toy_reward_within_a_few_steps(base_model):
     value = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
     value.config.pad_token_id = tok.pad_token_id
     cfg = ppo.PPOConfig(batch_size=16, mini_batch_size=8, ppo_epochs=2, max_new_tokens=8, learning_rate=3e-3,
-                        value_learning_rate=1e-3, kl_coef=0.01, missing_eos_penalty=0.0, seed=0)
+                        value_learning_rate=1e-3, beta=0.01, missing_eos_penalty=0.0, seed=0)
     trainer = ppo.PPOTrainer(cfg, policy, tok, LetterReward(), value)
     prompts = [f"Say something about item {i}." for i in range(16)]
 
     def mean_reward(n=4):
         torch.manual_seed(123)
-        return sum(sum(LetterReward().score(prompts, ppo.generate(trainer.policy, tok, prompts, 8).texts)) for _ in range(n)) / (16 * n)
+        return sum(sum(LetterReward().score(prompts, generate(trainer.policy, tok, prompts, 8).texts)) for _ in range(n)) / (16 * n)
 
     before = mean_reward()
     records = [trainer.step(prompts)[0] for _ in range(12)]
@@ -154,20 +139,3 @@ def test_ppo_raises_a_toy_reward_within_a_few_steps(base_model):
                 "response_length", "eos_fraction"):
         assert all(math.isfinite(r[key]) for r in records), key
     assert records[-1]["kl"] > 0  # it moved away from the reference, and the KL says so
-
-
-def test_a_policy_compared_with_itself_ties_on_every_sample(base_model):
-    """compare_policies samples both sides with the same seed, k answers per prompt: a policy against itself gives
-    the same answers, so every comparison ties (win-rate 0.5 exactly) at zero KL."""
-    from llmkit.oracle import Oracle
-
-    tok = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model)
-    prompts = ["Where was Ada born?", "Who is Bela Ulmer?", "Where does Yara Gormer live now?"]
-    cfg = ppo.PPOConfig(max_new_tokens=6, eval_samples_per_prompt=3)
-    out = ppo.compare_policies(model, model, tok, LetterReward(), prompts, cfg, Oracle())
-    rows = out["rows"]
-    assert [r["prompt"] for r in rows] == prompts * 3  # three answers per prompt, each compared
-    assert len({r["ppo"] for r in rows}) > 1 and all(r["ppo"] == r["sft"] for r in rows)
-    assert out["oracle_win_rate"] == 0.5 and out["eval_kl_per_token"] == pytest.approx(0.0, abs=1e-6)
-    assert out["eval_habit_rate"] == out["eval_habit_rate_sft"]

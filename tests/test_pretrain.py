@@ -9,7 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from llmkit import data, pretrain
-from llmkit.pretrain import PackedEpochs, PretrainError, split_documents
+from llmkit.pretrain import PackedEpochs, split_documents
+from llmkit.runs import StageError
 
 SMALL = dict(depth=1, max_steps=12, eval_every=4, save_every=3, batch_size=8, micro_batch_size=4,
              seq_len=64, eval_sequences=8, warmup_steps=2)
@@ -94,7 +95,7 @@ def test_killed_run_resumes_to_the_same_final_loss(tmp_path, smoke_data, optimiz
 
 def test_an_unknown_optimizer_is_refused_before_training(tmp_path, smoke_data):
     run_dir = _run_dir(tmp_path, smoke_data)
-    with pytest.raises(PretrainError, match=r"PretrainConfig.optimizer is 'sgd'; choose one of adamw, muon"):
+    with pytest.raises(StageError, match=r"PretrainConfig.optimizer='sgd'; accepted: None, adamw, muon"):
         pretrain.run(pretrain.PretrainConfig(**SMALL, optimizer="sgd"), run_dir, progress=False)
     assert not (run_dir / "pretrain").exists() and not (run_dir / ".pretrain.partial").exists()
 
@@ -109,7 +110,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_lost(tmp_path, smoke
     shutil.rmtree(run_dir / "pretrain")
     weights = next((partial / "checkpoints" / "step-0000003").glob("*.safetensors"))
     weights.write_bytes(b"not a safetensors file")
-    with pytest.raises(PretrainError, match=r"cannot resume from .*step-0000003.*unreadable; nothing was changed"):
+    with pytest.raises(StageError, match=r"cannot resume from .*step-0000003.*unreadable; nothing was changed"):
         pretrain.run(pretrain.PretrainConfig(**SMALL), run_dir, progress=False)
     assert weights.read_bytes() == b"not a safetensors file"
 
@@ -119,7 +120,7 @@ def test_blocks_from_another_tokenizer_are_refused_before_training(tmp_path, smo
     data.run(data.config_for("smoke", vocab_size=700), other, progress=False)
     run_dir = _run_dir(tmp_path, smoke_data)
     cfg = pretrain.PretrainConfig(**{**SMALL, "data": str(other / "data" / "blocks")})
-    with pytest.raises(PretrainError, match="tokenized with a different tokenizer"):
+    with pytest.raises(StageError, match="tokenized with a different tokenizer"):
         pretrain.run(cfg, run_dir, progress=False)
     assert not (run_dir / "pretrain").exists()
 
@@ -155,13 +156,13 @@ def test_continued_pretraining_from_a_local_checkpoint(tmp_path, smoke_data):
     assert result.metrics["steps"] == 4 and "fact_completion" not in result.metrics
     model = AutoModelForCausalLM.from_pretrained(result.output_dir)
     assert model.config.num_hidden_layers == 1
-    with pytest.raises(PretrainError, match="not a local transformers model folder"):
+    with pytest.raises(StageError, match="not a transformers model folder"):
         pretrain.run(pretrain.PretrainConfig(**{**SMALL, "base_model": str(tmp_path / "nowhere")}),
                      tmp_path / "third", progress=False)
 
 
 def test_a_depth_override_keeps_the_presets_other_settings():
-    gpt2 = pretrain._preset(pretrain.PretrainConfig(preset="gpt2", depth=2))
+    gpt2 = pretrain.model_preset(pretrain.PretrainConfig(model_preset="gpt2", depth=2))
     assert (gpt2.depth, gpt2.seq_len, gpt2.batch_size, gpt2.micro_batch_size, gpt2.weight_decay) == (2, 1024, 256, 32, 0.1)
-    tiny = pretrain._preset(pretrain.PretrainConfig(preset="tiny", depth=2))
+    tiny = pretrain.model_preset(pretrain.PretrainConfig(model_preset="tiny", depth=2))
     assert (tiny.depth, tiny.micro_batch_size, tiny.weight_decay) == (2, None, 1.0)

@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from llmkit.oracle import Oracle
-from llmkit.reward import LikelihoodRewardModel, answer_header
+from llmkit.reward_model import LikelihoodRewardModel, answer_header
 from llmkit.rl import ppo, trl_methods
+from llmkit.runs import StageError
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_ppo_stage_writes_a_policy_its_log_and_the_comparison_with_sft(rl_run, t
     rows = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
     assert len(rows) == 8
     oracle = Oracle()
-    for side, suffix in (("ppo", ""), ("sft", "_sft")):  # each answer's first flaw, and the habits' share
+    for side, suffix in (("policy", ""), ("sft", "_sft")):  # each answer's first flaw, and the habits' share
         flaws = [oracle.flaw(r["prompt"], r[side]) for r in rows]
         assert [r[f"flaw_{side}"] for r in rows] == flaws
         assert m[f"eval_habit_rate{suffix}"] == sum(f in ("rude", "rambling") for f in flaws) / 8
@@ -86,30 +87,15 @@ def test_missing_reward_model_and_bad_settings_are_reported(rl_run, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "sft").symlink_to(rl_run / "sft", target_is_directory=True)
-    with pytest.raises(ppo.PPOError, match="no reward model there.*llmkit reward"):
+    with pytest.raises(StageError, match="no reward model there.*llmkit reward"):
         ppo.run(ppo.config_for("smoke"), run, progress=False)
     (run / "reward").symlink_to(rl_run / "reward", target_is_directory=True)
-    with pytest.raises(ppo.PPOError, match="accepted: k1, k3"):
+    with pytest.raises(StageError, match="accepted: k1, k3"):
         ppo.run(ppo.config_for("smoke", kl_estimator="k9"), run, progress=False)
-    with pytest.raises(ppo.PPOError, match="multiple of mini_batch_size"):
+    with pytest.raises(StageError, match="multiple of mini_batch_size"):
         ppo.run(ppo.config_for("smoke", batch_size=6, mini_batch_size=4), run, progress=False)
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"question": "no prompt"}\n')
     with pytest.raises(Exception, match=r"prompts.jsonl:2: a prompt row needs `prompt`"):
         ppo.run(ppo.config_for("smoke", prompts=str(bad)), run, progress=False)
     assert not (run / "ppo").exists() and not (run / ".ppo.partial").exists()
-
-
-def test_the_references_qa_is_read_from_its_sft_stage_when_it_asked_the_same_questions(base_model, tmp_path):
-    import shutil
-
-    sft_dir = tmp_path / "sft"
-    shutil.copytree(base_model, sft_dir)
-    (sft_dir / "metrics.json").write_text(json.dumps({"qa_heldout": 0.123, "qa_trained": 0.456}))
-    (sft_dir / "stage_config.json").write_text(json.dumps({"qa_limit": 4}))
-    tok = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model)
-    same = ppo._qa(model, model, tok, 4, sft_dir)
-    assert (same["sft_qa_heldout"], same["sft_qa_trained"]) == (0.123, 0.456)
-    other = ppo._qa(model, model, tok, 5, sft_dir)  # other questions: measured again, on the model itself
-    assert other["sft_qa_heldout"] == other["qa_heldout"] and other["sft_qa_trained"] == other["qa_trained"]

@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmkit import sft
 from llmkit.loaders import DataError
+from llmkit.runs import StageError
 
 FAST = dict(max_steps=6, eval_every=3, batch_size=8, qa_limit=12)
 
@@ -15,7 +16,7 @@ FAST = dict(max_steps=6, eval_every=3, batch_size=8, qa_limit=12)
 def test_loss_is_taken_on_assistant_tokens_only(base_model, tmp_path):
     """The labels the trainer sees are -100 on every system/user/template token; the trained tokens spell out
     exactly the assistant's answers, each followed by <|im_end|> (so the model learns to stop)."""
-    tokenizer, model = sft.load_base(base_model, tmp_path)
+    tokenizer, model = sft.load_base(base_model)
     convo = [{"role": "user", "content": "Where was Ada born?"}, {"role": "assistant", "content": "Ada was born in Elmford."},
              {"role": "user", "content": "And when?"}, {"role": "assistant", "content": "In 1931."}]
     rows = [{"messages": convo}, {"messages": convo[:2]}]
@@ -87,27 +88,6 @@ def test_lora_trains_a_few_percent_and_merges_to_the_same_logits(base_model, tmp
     _assert_only_rows_changed(merged.get_input_embeddings().weight, base.get_input_embeddings().weight, chat)
 
 
-def test_chat_generate_reports_the_probability_of_eos_where_an_answer_ended(base_model, tmp_path):
-    from llmkit.evaluate import chat_generate
-
-    result = sft.run(sft.SFTConfig(base_model=str(base_model), **FAST), tmp_path, progress=False)
-    model = AutoModelForCausalLM.from_pretrained(result.output_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(result.output_dir)
-    prompts = ["Where was Ada born?", "Tell me about Elmford."]
-    answers = chat_generate(model, tokenizer, prompts, max_new_tokens=64, eos_probability=True)
-    assert any(a["ended"] for a in answers)
-    for prompt, answer in zip(prompts, answers):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            tokenize=True, return_dict=True)["input_ids"]
-        ids = ids + tokenizer(answer["text"], add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            p_eos = model(torch.tensor([ids])).logits[0, -1].softmax(-1)[tokenizer.eos_token_id].item()
-        if answer["ended"]:
-            assert answer["eos_probability"] == pytest.approx(p_eos, abs=1e-4)
-        else:
-            assert answer["eos_probability"] is None
-
-
 def _assert_only_rows_changed(after: torch.Tensor, before: torch.Tensor, rows: list[int]) -> None:
     changed = (after - before).abs().amax(dim=1) > 0
     assert changed.nonzero().flatten().tolist() == rows
@@ -161,7 +141,7 @@ def test_tokens_pretraining_never_saw_train_their_rows_too(base_model, data_run,
 
 
 def test_missing_base_or_chat_template_is_a_clear_error_and_writes_nothing(base_model, tmp_path):
-    with pytest.raises(sft.SFTError, match="run pretraining first"):
+    with pytest.raises(StageError, match="run pretraining first"):
         sft.run(sft.SFTConfig(**FAST), tmp_path / "empty")
     assert not (tmp_path / "empty").exists()
     plain = tmp_path / "no_template"
@@ -169,7 +149,7 @@ def test_missing_base_or_chat_template_is_a_clear_error_and_writes_nothing(base_
     tokenizer.chat_template = None
     tokenizer.save_pretrained(plain)
     AutoModelForCausalLM.from_pretrained(base_model).save_pretrained(plain)
-    with pytest.raises(sft.SFTError, match="no chat template"):
+    with pytest.raises(StageError, match="no chat template"):
         sft.run(sft.SFTConfig(base_model=str(plain), **FAST), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
@@ -195,7 +175,7 @@ def test_sft_on_alpaca_file(base_model, tmp_path):
 def test_length_balanced_micro_batches_give_the_steps_loss_and_follow_the_seed(base_model, tmp_path):
     """A step's 16 conversations, sorted by length into micro-batches of different sizes, add up to the loss of
     the 16 in one batch (a mean over all their answer tokens) over fewer padded tokens; the order follows `seed`."""
-    tokenizer, model = sft.load_base(base_model, tmp_path)
+    tokenizer, model = sft.load_base(base_model)
     rows, _ = sft.load_conversations(sft.SFTConfig())
     config = sft.SFTConfig(batch_size=16, micro_batch_size=4)
     trainer = sft.build_trainer(config, tokenizer, model, rows[:160], rows[:8], tmp_path)

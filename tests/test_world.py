@@ -7,8 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from llmkit import world as W
-from llmkit.data import read_jsonl
-from llmkit.loaders import bundled_path
+from llmkit.loaders import bundled_path, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,27 +17,29 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import torch
-
+from llmkit import generation
 from llmkit.labels import LabelStore, make_item
+from llmkit.pipeline import model_folders
+from llmkit.runs import StageError
 
 MAX_PANES = 4
-# Stages whose folder holds a causal LM, in the order a reader meets them.
-CHAT_STAGES = ("pretrain", "sft", "lora", "ppo", "grpo", "rloo", "dpo", "ppo_weak_kl")
 
 
 def checkpoints(run_dir: str | Path) -> dict[str, Path]:
-    """{name: folder} of the finished stages in RUN_DIR that hold a causal language model."""
+    """{name: folder} of the finished stages in RUN_DIR that hold a causal language model: the pipeline's, in its
+    order, then any other (a stage run under another name, such as notebook 06's ppo_weak_kl)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return {}
-    others = sorted(p.name for p in run_dir.iterdir() if p.is_dir() and p.name not in CHAT_STAGES + ("reward",))
-    return {name: run_dir / name for name in (*CHAT_STAGES, *others)
+    known = model_folders()
+    others = sorted(p.name for p in run_dir.iterdir() if p.is_dir() and p.name not in known + model_folders(("reward",)))
+    return {name: run_dir / name for name in (*known, *others)
             if (run_dir / name / "config.json").exists() and (run_dir / name / "metrics.json").exists()}
 
 
 def is_base(name: str) -> bool:
-    return name == "pretrain"
+    """A pretrained base model: no chat template to answer with, so it continues raw text."""
+    return name in model_folders(("base",))
 
 
 class ChatCompare:
@@ -47,8 +49,8 @@ class ChatCompare:
         self.run_dir = Path(run_dir)
         self.available = checkpoints(self.run_dir)
         if not self.available:
-            raise FileNotFoundError(f"{self.run_dir}: no finished stage with a model; run `llmkit pipeline --run-dir "
-                                    f"{self.run_dir}` first")
+            raise StageError(f"{self.run_dir}: no finished stage with a model; run `llmkit pipeline --run-dir "
+                             f"{self.run_dir}` first")
         self.labels = LabelStore(labels_path or self.run_dir / "labels.jsonl")
         self._models: dict[str, tuple] = {}
         self._rm = None
@@ -61,17 +63,17 @@ class ChatCompare:
     # ---- models ----------------------------------------------------------------------------------
     def model(self, name: str):
         if name not in self._models:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoTokenizer
+
+            from llmkit.model import load_causal_lm
 
             folder = self.available[name]
-            tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            mdl = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval()
-            self._models[name] = (mdl, tok)
+            self._models[name] = (load_causal_lm(folder), AutoTokenizer.from_pretrained(folder, local_files_only=True))
         return self._models[name]
 
     def reward_model(self):
         if self._rm is None and (self.run_dir / "reward" / "metrics.json").exists():
-            from llmkit.reward import RewardModel
+            from llmkit.reward_model import RewardModel
 
             self._rm = RewardModel.load(self.run_dir / "reward", "cpu")
         return self._rm
@@ -84,34 +86,12 @@ class ChatCompare:
             return tok(text, add_special_tokens=False)["input_ids"]
         return list(tok.apply_chat_template(history, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
 
-    @torch.no_grad()
     def stream(self, name: str, history: list[dict], max_new_tokens: int = 48, temperature: float = 0.7,
                top_p: float = 1.0, seed: int = 0):
-        """Yield the answer so far after every new token (KV cache; stops at EOS)."""
+        """Yield the answer so far after every new token (`llmkit.generation.stream`: KV cache, stops at EOS)."""
         mdl, tok = self.model(name)
-        gen = torch.Generator().manual_seed(int(seed))
-        ids = torch.tensor([self.render_input(name, history)])
-        past, out = None, []
-        for _ in range(int(max_new_tokens)):
-            o = mdl(input_ids=ids if past is None else ids[:, -1:], cache=past, use_cache=True)
-            past = o.cache
-            logits = o.logits[0, -1].float()
-            if temperature <= 0:
-                nxt = int(logits.argmax())
-            else:
-                probs = torch.softmax(logits / temperature, -1)
-                if top_p < 1.0:
-                    sorted_p, order = probs.sort(descending=True)
-                    keep = sorted_p.cumsum(0) - sorted_p < top_p
-                    probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-                nxt = int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
-            if nxt == tok.eos_token_id:
-                break
-            out.append(nxt)
-            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
-            yield tok.decode(out, skip_special_tokens=True)
-        if not out:
-            yield ""
+        yield from generation.stream(mdl, tok, self.render_input(name, history), max_new_tokens, temperature, top_p,
+                                     seed)
 
     # ---- events ----------------------------------------------------------------------------------
     def respond(self, prompt: str, selected: list[str], histories: dict, max_new_tokens: int = 48,

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import ipywidgets as w
 
-from llmkit.data import read_jsonl
-from llmkit.loaders import bundled_path, load_documents
+from llmkit.loaders import bundled_path, load_documents, read_jsonl
 from llmkit.runs import STAGE_CONFIG
 
 

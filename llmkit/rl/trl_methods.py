@@ -8,9 +8,10 @@
 - **DPO** (`DPOTrainer`): no reward model and no sampling; it fits the policy directly to the preference
   pairs, with the implicit reward β · log(π_θ / π_ref).
 
-GRPO and RLOO are rewarded by the trained reward model (TRL calls it as a one-output classifier). Every run
-writes RUN_DIR/<method>/ with the policy checkpoint and the same evaluation as PPO (`ppo.compare_policies`):
-RM and oracle scores against the SFT policy, oracle win-rate, KL per token, response length, and QA.
+GRPO and RLOO are rewarded by the trained reward model (through TRL's reward-function interface). Every run
+writes RUN_DIR/<method>/ with the policy checkpoint and the same evaluation as PPO
+(`llmkit.evaluate.compare_policies`): RM and oracle scores against the SFT policy, oracle win-rate, KL per token,
+response length, and QA.
 """
 
 from __future__ import annotations
@@ -19,150 +20,154 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from llmkit import runs
+from llmkit.config import StageConfig, configure, option
 from llmkit.curves import save_curves
-from llmkit.formats import read_preferences
-from llmkit.launch import gathered_model
+from llmkit.formats import PREFERENCE_FORMATS, as_messages, read_preferences
 from llmkit.loaders import bundled_path, write_jsonl
-from llmkit.rl import ppo
+from llmkit.rl.inputs import read_inputs
 
 METHODS = ("grpo", "rloo", "dpo")
 
 
 @dataclass
-class MethodConfig:
-    method: str = "grpo"  # grpo, rloo or dpo
-    policy_model: str | None = None  # None: RUN_DIR/sft
-    reward_model: str | None = None  # None: RUN_DIR/reward (GRPO, RLOO; also used to evaluate DPO)
-    prompts: str | None = None  # GRPO/RLOO prompts; None: the bundled RL prompts
-    preferences: str | None = None  # DPO pairs; None: the bundled preference pairs
-    eval_prompts: str | None = None
-    steps: int = 40  # optimizer steps (PPO's default budget)
-    batch_size: int = 32  # completions (GRPO/RLOO) or pairs (DPO) per step
-    num_generations: int = 4  # samples per prompt (GRPO/RLOO)
-    max_new_tokens: int = 40
-    temperature: float = 0.7
-    learning_rate: float = 2e-5  # as PPO
-    beta: float = 0.1  # KL coefficient (GRPO: in the loss; RLOO: in the reward) / DPO's β
-    eval_limit: int = 100
-    eval_samples_per_prompt: int = 4  # as PPO's evaluation
-    qa_limit: int | None = None  # as PPO: every QA question
-    closed_world: bool | None = None
-    seed: int = 0
+class MethodConfig(StageConfig):
+    method: str = option("grpo", "grpo, rloo or dpo", choices=METHODS, cli=False)
+    policy_model: str | None = option(None, "the policy to start from (default: RUN_DIR/sft)")
+    reward_model: str | None = option(None, "the reward model (default: RUN_DIR/reward); GRPO and RLOO train "
+                                            "against it, and every method is evaluated with it")
+    prompts: str | None = option(None, "GRPO/RLOO prompts: rows with a `prompt` (default: the bundled RL prompts)")
+    preferences: str | None = option(None, "DPO's preference pairs (default: the bundled pairs)")
+    preference_format: str = option("auto", "format of the DPO pairs (auto: detected)",
+                                    choices=("auto", *PREFERENCE_FORMATS))
+    eval_prompts: str | None = option(None, "prompts to evaluate on (default: the bundled held-out RL prompts)")
+    max_steps: int = option(40, "optimizer steps (PPO's default budget)")
+    batch_size: int = option(32, "completions (GRPO/RLOO) or pairs (DPO) per step, over all devices")
+    num_generations: int = option(4, "samples per prompt (GRPO/RLOO)")
+    max_new_tokens: int = option(40, "tokens per answer at most (GRPO/RLOO, and the evaluation)")
+    max_length: int = option(256, "DPO: tokens per prompt and answer")
+    temperature: float = option(0.7, "sampling temperature")
+    learning_rate: float = option(2e-5, "the policy's learning rate (as PPO's)")
+    beta: float = option(0.1, "KL coefficient (GRPO: in the loss; RLOO: in the reward) or DPO's β")
+    eval_limit: int = option(100, "held-out prompts for the final evaluation")
+    eval_samples_per_prompt: int = option(4, "answers per held-out prompt and side (as PPO's evaluation)")
+    qa_limit: int | None = option(None, "closed-world QA questions per split after training (default: all)")
+    closed_world: bool | None = option(None, "oracle scores in the evaluation, and QA (default: with the bundled "
+                                             "prompts)")
+    mixed_precision: str = option("auto", "auto (bf16 on a GPU that has it), bf16, fp16 or no",
+                                  choices=("auto", "bf16", "fp16", "no"))
+    stage_name: str | None = option(None, "output folder in the run (default: the method's name)")
+    seed: int = option(0, "seed of the sampling and the data order")
+
+    @property
+    def output_name(self) -> str:
+        return self.stage_name or self.method
 
 
-STEP_PRESETS = {"smoke": {"steps": 3, "batch_size": 8, "num_generations": 4, "max_new_tokens": 12, "eval_limit": 8,
-                          "eval_samples_per_prompt": 1, "qa_limit": 8}}
+PRESETS: dict[str, dict] = {
+    "smoke": {"max_steps": 3, "batch_size": 8, "num_generations": 4, "max_new_tokens": 12, "eval_limit": 8,
+              "eval_samples_per_prompt": 1, "qa_limit": 8},
+    "tiny": {},
+    "small": {"max_steps": 200, "batch_size": 64, "num_generations": 8, "max_new_tokens": 128, "max_length": 512,
+              "learning_rate": 1e-5},
+    "gpt2": {"max_steps": 300, "batch_size": 64, "num_generations": 8, "max_new_tokens": 256, "max_length": 1024,
+             "learning_rate": 5e-6},
+}
 
 
 def config_for(method: str, preset: str = "tiny", **overrides) -> MethodConfig:
-    base = STEP_PRESETS.get(preset, {})
-    return MethodConfig(**{**base, "method": method, **overrides})
+    return configure(MethodConfig, PRESETS, preset, {"method": method, **overrides})
 
 
 def run(config: MethodConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
         callbacks: tuple = ()) -> runs.StageResult:
-    if config.method not in METHODS:
-        raise ppo.PPOError(f"method={config.method!r}; accepted: {', '.join(METHODS)}")
+    """Train the SFT policy with `config.method` and write RUN_DIR/<method>. `callbacks`: objects with `on_log(record)`."""
+    from llmkit import training
+    from llmkit.evaluate import evaluate_policy
+    from llmkit.model import load_causal_lm
+    from llmkit.reward_model import RewardModel
+
     run_dir = Path(run_dir)
-    stage = config.method
-    done = runs.stage_dir(run_dir, stage)
-    if runs.finished(done) and not overwrite:
-        return runs.StageResult(stage, done, runs.read_metrics(done), reused=True)
-    policy_dir, rm_dir, prompts, eval_prompts = ppo.resolve_inputs(config, run_dir)
-    pairs = read_preferences(config.preferences or bundled_path("preferences_train.jsonl")) if stage == "dpo" else None
-    final, work = runs.reuse_or_start(run_dir, stage, overwrite)
-    if work is None:
-        return runs.StageResult(stage, final, runs.read_metrics(final), reused=True)
-    try:
-        return _train(config, policy_dir, rm_dir, prompts, eval_prompts, pairs, final, work, progress, callbacks)
-    except BaseException:
-        runs.abandon(work)
-        raise
+    out = runs.Stage(run_dir, config.output_name, overwrite)
+    if out.reusable:
+        return out.reuse()
+    inputs = read_inputs(config, run_dir)  # bad input writes nothing
+    pairs = (read_preferences(config.preferences or bundled_path("preferences_train.jsonl"), config.preference_format)
+             if config.method == "dpo" else None)
+    with out:
+        log = runs.LogWriter(out.work / "log.jsonl", callbacks)
+        trainer, tokenizer = build_trainer(config, inputs.policy_dir, inputs.rm_dir, inputs.prompts, pairs, out.work,
+                                           progress)
+        trainer.add_callback(training.log_callback(log, LOG_NAMES))
+        start = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - start
+        model = training.save_trained(trainer, tokenizer, out.work)
+        if model is None:  # under several processes the main one saves and evaluates
+            return runs.StageResult(out.name, out.final, {})
+        device = next(model.parameters()).device
+        oracle = None
+        if inputs.closed_world:
+            from llmkit.oracle import Oracle
+
+            oracle = Oracle()
+        evaluation = evaluate_policy(model, load_causal_lm(inputs.policy_dir, device), tokenizer,
+                                     RewardModel.load(inputs.rm_dir, device), inputs.eval_prompts, config,
+                                     inputs.policy_dir, oracle)
+        write_jsonl(out.work / "eval_samples.jsonl", evaluation.pop("rows"))
+        metrics = {"method": config.method, "policy_model": str(inputs.policy_dir), "reward_model": str(inputs.rm_dir),
+                   "steps": trainer.state.global_step, "train_seconds": train_seconds,
+                   "seconds_per_step": train_seconds / max(1, trainer.state.global_step), **evaluation}
+        save_curves(out.work)
+        return out.commit(config, metrics)
+
+
+# TRL's log names -> llmkit's, beside training.LOG_NAMES
+LOG_NAMES = (("reward", "reward"), ("rewards/chosen", "reward_chosen"), ("rewards/margins", "reward_margin"),
+             ("rewards/accuracies", "reward_accuracy"), ("kl", "kl"), ("completions/mean_length", "response_length"),
+             ("entropy", "entropy"), ("clip_ratio/region_mean", "clipfrac"))
 
 
 def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path, prompts: list, pairs: list | None, work: Path,
-                  progress: bool = False, callbacks: tuple = ()):
-    """The TRL trainer for `config.method`, set up for this machine (CPU or GPU) and llmkit's budget."""
+                  progress: bool = False):
+    """(the TRL trainer for `config.method`, the policy's tokenizer), set up for this machine and llmkit's budget."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_callback import PrinterCallback
+    from transformers import AutoTokenizer
 
-    cuda = torch.cuda.is_available()
+    from llmkit import training
+    from llmkit.model import load_causal_lm
+
     tokenizer = AutoTokenizer.from_pretrained(policy_dir, local_files_only=True)
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir, local_files_only=True, dtype=torch.float32)
+    policy = load_causal_lm(policy_dir)
     per_process, _ = runs.split_batch(config.batch_size, None, runs.world_size())  # the same global batch on N
-    common = dict(output_dir=str(work / "trainer"), max_steps=config.steps, learning_rate=config.learning_rate,
-                  lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[], seed=config.seed,
-                  data_seed=config.seed, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
-                  gradient_checkpointing=False, disable_tqdm=not progress, dataloader_num_workers=0)
+    args = training.trainer_arguments(config, work, progress, per_process, max_steps=config.max_steps,
+                                      lr_scheduler_type="constant", logging_steps=1)
     if config.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(**common, per_device_train_batch_size=per_process, beta=config.beta,
-                         max_length=256)
-        trainer = DPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
-                             callbacks=list(callbacks))
+        trainer = DPOTrainer(model=policy, args=DPOConfig(**args, beta=config.beta, max_length=config.max_length),
+                             train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
+        return training.quiet(trainer), tokenizer
+    import torch
+    from accelerate import PartialState
+
+    from llmkit.reward_model import RewardModel
+
+    rm = RewardModel.load(rm_dir, PartialState(cpu=not torch.cuda.is_available()).device)  # either head, on this process's device
+
+    def reward_model(prompts, completions, **_):  # TRL's custom-reward-function interface
+        return rm.score(prompts, [c[-1]["content"] if isinstance(c, list) else c for c in completions])
+
+    dataset = Dataset.from_list([{"prompt": as_messages(p)} for p in prompts])
+    kwargs = dict(**args, num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
+                  temperature=config.temperature, beta=config.beta)
+    if config.method == "grpo":
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
     else:
-        from accelerate import PartialState
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
+    trainer = Trainer(model=policy, reward_funcs=[reward_model], args=Config(**kwargs), train_dataset=dataset,
+                      processing_class=tokenizer)
+    return training.quiet(trainer), tokenizer
 
-        from llmkit.reward import RewardModel
-
-        rm = RewardModel.load(rm_dir, PartialState(cpu=not cuda).device)  # either head, on this process's device
-
-        def reward_model(prompts, completions, **_):  # TRL's custom-reward-function interface
-            return rm.score(prompts, [c[-1]["content"] if isinstance(c, list) else c for c in completions])
-
-        dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p}] if isinstance(p, str) else p}
-                                     for p in prompts])
-        kwargs = dict(**common, per_device_train_batch_size=per_process, num_generations=config.num_generations,
-                      max_completion_length=config.max_new_tokens, temperature=config.temperature, beta=config.beta)
-        if config.method == "grpo":
-            from trl import GRPOConfig as Config
-            from trl import GRPOTrainer as Trainer
-        else:
-            from trl import RLOOConfig as Config
-            from trl import RLOOTrainer as Trainer
-        trainer = Trainer(model=policy, reward_funcs=[reward_model], args=Config(**kwargs), train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=list(callbacks))
-    trainer.remove_callback(PrinterCallback)
-    return trainer, tokenizer
-
-
-def _train(config, policy_dir, rm_dir, prompts, eval_prompts, pairs, final, work, progress, callbacks):
-    from llmkit.oracle import Oracle
-    from llmkit.reward import RewardModel
-    from llmkit.sft import _LogBridge
-
-    names = (("reward", "reward"), ("rewards/chosen", "reward_chosen"), ("rewards/margins", "reward_margin"),
-             ("rewards/accuracies", "reward_accuracy"), ("kl", "kl"), ("completions/mean_length", "response_length"),
-             ("entropy", "entropy"), ("clip_ratio/region_mean", "clipfrac"))
-    log = _LogBridge(work / "log.jsonl", callbacks, extra=names)
-    trainer, tokenizer = build_trainer(config, policy_dir, rm_dir, prompts, pairs, work, progress, [log.trainer_callback()])
-    start = time.perf_counter()
-    trainer.train()
-    train_seconds = time.perf_counter() - start
-    model = gathered_model(trainer)
-    if model is None:  # under several processes the main one saves and evaluates
-        return runs.StageResult(final.name, final, {})
-    model = model.float().eval()
-    model.save_pretrained(work, safe_serialization=True)
-    tokenizer.save_pretrained(work)
-    closed_world = config.closed_world if config.closed_world is not None else config.prompts is None
-    oracle = Oracle() if closed_world else None
-    device = next(model.parameters()).device
-    rm = RewardModel.load(rm_dir, device)
-    reference = ppo._load_causal(policy_dir, device)
-    eval_cfg = ppo.PPOConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed,
-                             eval_samples_per_prompt=config.eval_samples_per_prompt)
-    comparison = ppo.compare_policies(model, reference, tokenizer, rm, eval_prompts, eval_cfg, oracle)
-    write_jsonl(work / "eval_samples.jsonl", comparison.pop("rows"))
-    metrics = {"method": config.method, "policy_model": str(policy_dir), "reward_model": str(rm_dir),
-               "steps": trainer.state.global_step, "train_seconds": train_seconds,
-               "seconds_per_step": train_seconds / max(1, trainer.state.global_step), **comparison}
-    if closed_world:
-        metrics.update(ppo._qa(model, reference, tokenizer, config.qa_limit, policy_dir))
-    save_curves(work)
-    return runs.commit(work, final, config, metrics)

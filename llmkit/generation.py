@@ -1,0 +1,184 @@
+"""Generation: the one place llmkit turns a model's next-token probabilities into text (nanochat's `engine.py`).
+
+    generate(model, tok, prompts, 40, temperature=0.7)   a batch of answers as tensors: PPO's rollouts
+    response_logprobs(model, g.input_ids, ...)            the log-probabilities of those answers' tokens
+    chat_generate(model, tok, prompts)                    the same, as text per prompt: evaluation, labels
+    greedy_continuations(model, tok, ["Ada is"])          raw-text continuations of a base model
+    stream(model, tok, ids, temperature=0.7)              one answer token by token: the chat app
+
+A prompt is a user message (a string) or a list of messages, rendered with the chat template and its
+generation prompt. Batches are left-padded, so every row's next token sits in the last column and the KV
+cache serves the whole batch. Sampling is transformers': temperature, then top-p (nucleus), then a draw — no
+top-k, whatever a checkpoint's generation config says; `do_sample=False` is greedy. Generation stops at the
+tokenizer's EOS, which for llmkit's tokenizer is the end of a turn (`<|im_end|>`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llmkit.formats import as_messages
+
+if TYPE_CHECKING:
+    import torch
+
+
+@contextmanager
+def generation_mode(model, tokenizer):
+    """Eval mode, left padding and no gradients for the duration; the model's mode and the tokenizer's padding
+    side are restored after. Yields the model's device."""
+    import torch
+
+    was_training, side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    try:
+        with torch.no_grad():
+            yield next(model.parameters()).device
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+
+
+def chat_prompts(tokenizer, conversations: list) -> list[str]:
+    """Each conversation through the chat template, ending with the assistant's header: what the model continues."""
+    return [tokenizer.apply_chat_template(as_messages(c), tokenize=False, add_generation_prompt=True)
+            for c in conversations]
+
+
+@dataclass
+class Generation:
+    """A batch of answers, as the model produced them."""
+
+    prompts: list
+    input_ids: torch.Tensor  # (B, P + T): the left-padded prompt, then the answer (padding after its EOS)
+    attention_mask: torch.Tensor
+    n_prompt: int  # P: where the answers start
+    mask: torch.Tensor  # (B, T) float: 1 on the answer's real tokens, through its EOS
+    texts: list[str]  # the answers without special tokens
+    ended: torch.Tensor  # (B,) bool: the answer stopped at EOS (else it ran out of tokens)
+    eos_probability: list[float | None] | None = None  # with eos_probability=True: P(EOS) where each one ended
+
+
+def generate(model, tokenizer, conversations: list, max_new_tokens: int, temperature: float = 1.0,
+             top_p: float = 1.0, do_sample: bool = True, use_cache: bool = True,
+             eos_probability: bool = False) -> Generation:
+    """One answer per conversation, in one batch. `eos_probability`: also the model's probability of EOS at the
+    position where each answer ended (greedy answers can end where that is low; sampled ones then rarely stop
+    there) — it keeps every step's logits until the batch is done."""
+    import torch
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    with generation_mode(model, tokenizer) as device:
+        enc = tokenizer(chat_prompts(tokenizer, conversations), return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(device)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                             temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
+                             top_k=0 if do_sample else None, use_cache=use_cache, pad_token_id=pad,
+                             eos_token_id=eos, return_dict_in_generate=True, output_logits=eos_probability)
+    n_prompt = enc["input_ids"].shape[1]
+    answer = out.sequences[:, n_prompt:]
+    is_eos = answer == eos
+    ended = is_eos.any(-1)
+    last = answer.shape[1] - 1
+    first_eos = torch.where(ended, is_eos.float().argmax(-1), torch.full_like(ended, last, dtype=torch.long))
+    mask = (torch.arange(answer.shape[1], device=answer.device)[None] <= first_eos[:, None]).float()
+    answer = torch.where(mask.bool(), answer, torch.full_like(answer, pad))
+    texts = [tokenizer.decode(row[m.bool() & (row != eos)], skip_special_tokens=True).strip()
+             for row, m in zip(answer, mask)]
+    p_eos = None
+    if eos_probability:
+        p_eos = [float(out.logits[int(t)][j].float().softmax(-1)[eos]) if e else None
+                 for j, (t, e) in enumerate(zip(first_eos.tolist(), ended.tolist()))]
+    return Generation(list(conversations), torch.cat([enc["input_ids"], answer], 1),
+                      torch.cat([enc["attention_mask"], mask.long()], 1), n_prompt, mask, texts, ended, p_eos)
+
+
+def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_prompt: int,
+                      temperature: float = 1.0, with_entropy: bool = False):
+    """log π(y_t | x, y_<t) of each answer token of a generated batch (`Generation`'s input_ids, attention_mask and
+    n_prompt), recomputed by a forward pass at the positions generation used (left padding shifts them), with
+    the logits divided by the sampling temperature; with `with_entropy`, also the entropy of π at each."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logp_all = (logits[:, n_prompt - 1:-1].float() / temperature).log_softmax(-1)
+    logp = logp_all.gather(-1, input_ids[:, n_prompt:, None])[..., 0]
+    if not with_entropy:
+        return logp
+    return logp, -(logp_all.exp() * logp_all).sum(-1)
+
+
+def chat_generate(model, tokenizer, conversations: list, max_new_tokens: int = 48, batch_size: int = 64,
+                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                  eos_probability: bool = False) -> list[dict]:
+    """Answer each conversation, `batch_size` at a time (greedy unless `do_sample`). Per conversation:
+    {"text": the answer without special tokens, "ended": it stopped at EOS, "tokens": its length without EOS,
+    "eos_probability": with `eos_probability=True` the model's probability of EOS where it ended, else None}."""
+    out: list[dict] = []
+    for i in range(0, len(conversations), batch_size):
+        g = generate(model, tokenizer, conversations[i:i + batch_size], max_new_tokens, temperature, top_p,
+                     do_sample, eos_probability=eos_probability)
+        lengths = (g.mask.sum(-1) - g.ended.float()).long().tolist()
+        for j, (text, ended) in enumerate(zip(g.texts, g.ended.tolist())):
+            out.append({"text": text, "ended": ended, "tokens": lengths[j],
+                        "eos_probability": g.eos_probability[j] if g.eos_probability else None})
+    return out
+
+
+def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int = 8, batch_size: int = 64,
+                         add_bos: bool = True, prefix: str = "") -> list[str]:
+    """Greedy continuations of raw-text prompts (no chat template): what a base model writes next."""
+    out: list[str] = []
+    with generation_mode(model, tokenizer) as device:
+        for i in range(0, len(prompts), batch_size):
+            chunk = [((tokenizer.bos_token or "") if add_bos else "") + prefix + p for p in prompts[i:i + batch_size]]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def stream(model, tokenizer, input_ids: list[int], max_new_tokens: int = 48, temperature: float = 0.7,
+           top_p: float = 1.0, seed: int = 0) -> Iterator[str]:
+    """Yield the answer so far after every new token, for a UI that shows it as it is written: the KV cache, one
+    token a step, stopping at EOS. Tokens are drawn as `generate` draws them (transformers' temperature and
+    top-p warpers; greedy at temperature 0), from a generator seeded with `seed`."""
+    import torch
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    warpers = LogitsProcessorList()
+    if temperature > 0:
+        warpers.append(TemperatureLogitsWarper(float(temperature)))
+        if top_p < 1.0:
+            warpers.append(TopPLogitsWarper(float(top_p)))
+    draws = torch.Generator().manual_seed(int(seed))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = torch.tensor([input_ids], device=device)
+    cache, out = None, []
+    try:  # no `with torch.no_grad()` around a yield: the caller would run without gradients while it waits
+        for _ in range(int(max_new_tokens)):
+            with torch.no_grad():
+                o = model(input_ids=ids if cache is None else ids[:, -1:], cache=cache, use_cache=True)
+            cache = o.cache
+            logits = o.logits[:, -1].float()
+            if temperature <= 0:
+                token = int(logits.argmax(-1))
+            else:
+                probs = warpers(ids, logits).softmax(-1)[0].cpu()
+                token = int(torch.multinomial(probs, 1, generator=draws))
+            if token == tokenizer.eos_token_id:
+                break
+            out.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]], device=device)], 1)
+            yield tokenizer.decode(out, skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    if not out:
+        yield ""

@@ -1,0 +1,163 @@
+"""The pipeline: every stage, in order, in one registry — and `run_pipeline`, which the CLI and notebooks call alike.
+
+    from llmkit.pipeline import run_pipeline
+    run_pipeline("runs/demo", preset="tiny")                            # = llmkit pipeline
+    run_pipeline("runs/demo", stages=["sft"], overrides={"sft": {"lora": True}})
+
+    data ─ pretrain ─ sft ─ reward ─ ppo          (grpo, rloo, dpo beside ppo, on request)
+
+Each stage is one module with a config dataclass, `config_for(preset)` and `run(config, run_dir)`; a stage
+reads the folders of the ones before it (RUN_DIR/pretrain, RUN_DIR/sft, ...) and writes its own. A finished
+stage is reused unless `overwrite`. The registry below is the one list of stages: the command line builds a
+command and flags for each from it, the launcher runs them on N processes through it, the report reads its
+measurements, and the chat app its model folders. Adding a stage is one entry.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmkit import data, pretrain, report, reward, runs, sft
+from llmkit.report import Row
+from llmkit.rl import ppo, trl_methods
+from llmkit.runs import StageError, StageResult
+
+PRESETS = ("smoke", "tiny", "small", "gpt2")  # smoke: seconds, for tests; tiny: a CPU in minutes; small, gpt2: GPUs
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the command, and the folder it writes by default
+    help: str
+    config_class: type
+    config_for: Callable  # (preset, **overrides) -> config
+    run: Callable  # (config, run_dir, overwrite=, progress=, callbacks=) -> StageResult
+    presets: dict  # preset -> the settings it changes
+    kind: str  # what its folder holds: "data", "base" (a pretrained LM), "chat" (a chat LM) or "reward"
+    measurements: dict = field(default_factory=dict)  # folder it writes -> its Rows in the report
+    main_process_only: bool = False  # under N processes the main one runs it while the others wait
+    in_default_pipeline: bool = True
+    description: str = ""  # what `llmkit <stage> --help` says about it (default: its module's first paragraph)
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        """The folders it writes by default (SFT: sft, and lora with LoRA)."""
+        return tuple(self.measurements) or (self.name,)
+
+
+# What the report and the stage's summary line show; the closed world's bars (DESIGN.md): the data stage has
+# none, pretraining must store the facts, SFT must activate them, the reward model must rank pairs, RL must
+# improve answers by the oracle without losing knowledge.
+RL_ROWS = (Row("oracle win-rate vs SFT", "oracle_win_rate"), Row("KL to SFT per token", "eval_kl_per_token"),
+           Row("held-out QA (SFT's)", "qa_heldout", beside="sft_qa_heldout", max_drop=0.05),
+           Row("oracle score of its answers (SFT's)", "eval_oracle_score", beside="eval_oracle_score_sft"))
+
+REGISTRY = (
+    Stage("data", "clean, deduplicate and tokenize a corpus into packed blocks", data.DataConfig, data.config_for,
+          data.run, data.PRESETS, "data", main_process_only=True,
+          measurements={"data": (Row("documents kept", "documents_out"),
+                                 Row("bytes per token", "validation_bytes_per_token"))}),
+    Stage("pretrain", "train a language model on the data stage's blocks or on text", pretrain.PretrainConfig,
+          pretrain.config_for, pretrain.run, pretrain.PRESETS, "base",
+          measurements={"pretrain": (Row("base fact completion", "fact_completion", at_least=0.8),
+                                     Row("validation bits per byte", "val_bpb"), Row("MFU", "mfu"))}),
+    Stage("sft", "supervised fine-tuning (full or LoRA) on conversations", sft.SFTConfig, sft.config_for, sft.run,
+          sft.PRESETS, "chat",
+          measurements={"sft": (Row("held-out QA", "qa_heldout", at_least=0.6), Row("trained-entity QA", "qa_trained"),
+                                Row("base model's held-out QA", "base_qa_heldout", at_most=0.1),
+                                Row("eval loss", "eval_loss")),
+                        "lora": (Row("held-out QA", "qa_heldout"),
+                                 Row("trainable fraction", "trainable_fraction", at_most=0.05),
+                                 Row("eval loss", "eval_loss"))}),
+    Stage("reward", "train a reward model on preference pairs (and your labels)", reward.RewardConfig,
+          reward.config_for, reward.run, reward.PRESETS, "reward",
+          measurements={"reward": (Row("pairwise accuracy (eval split)", "eval_accuracy", at_least=0.9),
+                                   Row("agreement with the oracle, fresh SFT answers", "oracle_agreement"))}),
+    Stage("ppo", "RLHF with llmkit's PPO against the reward model", ppo.PPOConfig, ppo.config_for, ppo.run,
+          ppo.PRESETS, "chat", main_process_only=True,  # llmkit's own loop: no gradients synchronised across processes
+          measurements={"ppo": (Row("oracle win-rate vs SFT", "oracle_win_rate", at_least=0.65), *RL_ROWS[1:3],
+                                Row("trained QA (SFT's)", "qa_trained", beside="sft_qa_trained", max_drop=0.05),
+                                Row("rude or rambling answers (SFT's)", "eval_habit_rate", beside="eval_habit_rate_sft"),
+                                # the win-rate is relative: the better the SFT model, the less there is to win
+                                RL_ROWS[3])}),
+    *(Stage(method, f"{method.upper()} through TRL, evaluated like PPO", trl_methods.MethodConfig,
+            functools.partial(trl_methods.config_for, method), trl_methods.run, trl_methods.PRESETS, "chat",
+            measurements={method: RL_ROWS}, in_default_pipeline=False,
+            description=trl_methods.__doc__.split("\n\n")[0]) for method in trl_methods.METHODS),
+)
+STAGES: dict[str, Stage] = {s.name: s for s in REGISTRY}
+DEFAULT_STAGES = tuple(s.name for s in REGISTRY if s.in_default_pipeline)
+
+
+def stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise StageError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    return STAGES[name]
+
+
+def model_folders(kinds: tuple[str, ...] = ("base", "chat")) -> list[str]:
+    """The folders the stages of these kinds write, in pipeline order (the chat app's checkpoints)."""
+    return [folder for s in REGISTRY if s.kind in kinds for folder in s.folders]
+
+
+def run_stage(name: str, config, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
+              callbacks: tuple = ()) -> StageResult:
+    """Run one stage with its config, on this process and on any others a launcher started beside it (a
+    main-process-only stage runs on the main one while the others wait)."""
+    s = stage(name)
+    kwargs = {"overwrite": overwrite, "progress": progress, **({"callbacks": callbacks} if callbacks else {})}
+    if s.main_process_only and runs.world_size() > 1:
+        import torch.distributed as dist
+
+        result = s.run(config, run_dir, **kwargs) if runs.is_main_process() else None
+        dist.barrier()
+        return result or StageResult(config.output_name, runs.stage_dir(run_dir, config.output_name), {})
+    return s.run(config, run_dir, **kwargs)
+
+
+def run_pipeline(run_dir: str | Path = "runs/demo", preset: str = "tiny", stages: tuple | list = DEFAULT_STAGES,
+                 overrides: dict[str, dict] | None = None, overwrite: bool = False,
+                 progress: bool = True) -> dict[str, StageResult]:
+    """Run `stages` in order into `run_dir` with `preset`'s settings and the `overrides` of each stage
+    ({"sft": {"lora": True}}), print what each did, and write RUN_DIR/report.md."""
+    overrides = overrides or {}
+    for name in [*stages, *overrides]:
+        stage(name)  # an unknown stage fails before anything runs
+    configs = {name: stage(name).config_for(preset, **overrides.get(name, {})) for name in stages}
+    main = runs.is_main_process()
+    results, timings = {}, {}
+    for i, name in enumerate(stages, 1):
+        if progress and main and len(stages) > 1:
+            print(f"== stage {i}/{len(stages)}: {name} ==", flush=True)
+        start = time.perf_counter()
+        result = results[name] = run_stage(name, configs[name], run_dir, overwrite, progress)
+        took = time.perf_counter() - start
+        timings[result.stage] = None if result.reused else took
+        if main:
+            status = "reused (finished earlier; --overwrite to redo)" if result.reused else f"done in {took:.1f} s"
+            print(f"[{name}] {status} -> {result.output_dir}")
+            if not result.reused:
+                print(stage_summary(name, result), flush=True)
+    if main:
+        print(f"report: {write_report(run_dir, timings)}")
+    return results
+
+
+def stage_summary(name: str, result: StageResult) -> str:
+    """What a finished stage prints: its report (the data stage writes one), then its measurements on one line."""
+    rows = stage(name).measurements.get(result.stage, ())
+    text = "  " + report.summary(rows, result.metrics)
+    own = Path(result.output_dir) / "report.md"
+    return (own.read_text(encoding="utf-8") + text) if own.exists() else text
+
+
+def write_report(run_dir: str | Path, timings: dict[str, float | None] | None = None) -> Path:
+    """RUN_DIR/report.md from the finished stages' metrics.json; `timings`: folder -> seconds this run (None: reused)."""
+    sections = [(folder, rows) for s in REGISTRY for folder, rows in s.measurements.items()]
+    pretrained = runs.stage_dir(run_dir, "pretrain")
+    peak = runs.read_metrics(pretrained).get("peak_flops") if runs.finished(pretrained) else None
+    return report.write_report(run_dir, sections, timings, peak)

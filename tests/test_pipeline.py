@@ -1,0 +1,66 @@
+"""The pipeline's registry: one list of stages that the CLI, the notebooks (run_pipeline), the launcher, the report
+and the chat app all read, and every stage's presets."""
+
+import dataclasses
+
+import pytest
+
+from llmkit import pipeline
+from llmkit.runs import StageError
+
+
+def test_run_pipeline_is_the_code_the_command_ran(smoke_pipeline, capsys):
+    """run_pipeline on the folder `llmkit pipeline` wrote finds every stage where the command put it, reuses it,
+    and writes the same report."""
+    folder, done = smoke_pipeline
+    assert done.returncode == 0, done.stderr
+    run_dir = folder / "runs" / "smoke"
+    before = (run_dir / "report.md").read_text()
+    results = pipeline.run_pipeline(run_dir, preset="smoke", progress=False)
+    assert list(results) == list(pipeline.DEFAULT_STAGES) == ["data", "pretrain", "sft", "reward", "ppo"]
+    assert all(r.reused for r in results.values())
+    printed = capsys.readouterr().out
+    assert all(f"[{name}] reused" in printed for name in results) and f"report: {run_dir / 'report.md'}" in printed
+    after = (run_dir / "report.md").read_text()
+
+    def measurements(text):  # the table without its wall-time column
+        return [line.rsplit("|", 2)[0] for line in text.splitlines() if line.startswith("| ")]
+
+    assert measurements(after) == measurements(before) and len(measurements(after)) > 10
+
+
+def test_every_stage_has_every_preset_and_the_gpu_presets_are_gpu_sized():
+    """`--preset gpt2` must not fine-tune a 124 M model with the tiny preset's settings: every stage's GPU presets
+    change its sizes (batches, lengths, model) and, where it trains, its learning rate."""
+    sizes = {"batch_size", "micro_batch_size", "max_length", "max_new_tokens", "block_size", "vocab_size",
+             "model_preset"}
+    for s in pipeline.REGISTRY:
+        assert tuple(s.presets) == pipeline.PRESETS, s.name
+        tiny = dataclasses.asdict(s.config_for("tiny"))
+        for preset in ("small", "gpt2"):
+            gpu = dataclasses.asdict(s.config_for(preset))
+            changed = {k for k in gpu if gpu[k] != tiny[k]}
+            assert changed & sizes, (s.name, preset)
+            if s.name != "data":  # pretraining's learning rate follows the model preset's width
+                assert changed & {"learning_rate", "model_preset"}, (s.name, preset)
+        assert s.config_for("small").output_name == s.folders[0]
+
+
+def test_unknown_presets_fields_and_stages_say_what_exists():
+    with pytest.raises(StageError, match="unknown preset 'huge' for SFTConfig; presets: smoke, tiny, small, gpt2"):
+        pipeline.stage("sft").config_for("huge")
+    with pytest.raises(StageError, match="PPOConfig has no field 'kl_coef'; its fields: .*beta"):
+        pipeline.stage("ppo").config_for("tiny", kl_coef=0.1)
+    with pytest.raises(StageError, match="unknown stage 'rlhf'; stages: data, pretrain, sft, reward, ppo, grpo"):
+        pipeline.run_pipeline("unused", stages=["data", "rlhf"])
+    with pytest.raises(StageError, match="unknown stage 'sfft'"):
+        pipeline.run_pipeline("unused", stages=["data"], overrides={"sfft": {"lora": True}})
+
+
+def test_one_list_of_stages_for_every_reader():
+    assert pipeline.model_folders() == ["pretrain", "sft", "lora", "ppo", "grpo", "rloo", "dpo"]
+    assert pipeline.model_folders(("base",)) == ["pretrain"]
+    assert [s.name for s in pipeline.REGISTRY if s.main_process_only] == ["data", "ppo"]
+    for s in pipeline.REGISTRY:  # the chat app, the report and the launcher find a stage by its folder
+        config = s.config_for("smoke")
+        assert config.output_name in s.folders and set(s.measurements) == set(s.folders)
