@@ -25,8 +25,10 @@ from pathlib import Path
 import torch
 
 from llmkit import reward, sft
-from llmkit.loaders import bundled_path, read_jsonl
+from llmkit.formats import read_prompts
+from llmkit.loaders import bundled_path
 from llmkit.rl import ppo
+from llmkit.tokenizer import load_chat_tokenizer
 
 WAYS = [("one pass of 32", 32, False), ("8 a pass, random", 8, False), ("8 a pass, length-balanced", 8, True)]
 
@@ -49,7 +51,7 @@ def time_trainer(trainer, steps: int, accumulation: int) -> dict:
 
 
 def sft_trainer(run_dir: Path, micro: int, balanced: bool, steps: int, work: Path):
-    tokenizer, model = sft.load_base(run_dir / "pretrain", run_dir)
+    tokenizer, model = sft.load_base(run_dir / "pretrain")
     rows, evals = sft.load_conversations(sft.SFTConfig())
     config = sft.SFTConfig(micro_batch_size=micro, balance_lengths=balanced, max_steps=steps, eval_every=10_000)
     return sft.build_trainer(config, tokenizer, model, rows, evals[:8], work)
@@ -58,7 +60,7 @@ def sft_trainer(run_dir: Path, micro: int, balanced: bool, steps: int, work: Pat
 def reward_trainer(run_dir: Path, micro: int, balanced: bool, steps: int, work: Path):
     config = reward.RewardConfig(micro_batch_size=micro, balance_lengths=balanced, max_steps=steps,
                                  eval_every=10_000)
-    tokenizer = sft.load_chat_tokenizer(run_dir / "sft", run_dir)
+    tokenizer = load_chat_tokenizer(run_dir / "sft")
     train, evals, _ = reward.load_pairs(config, run_dir)
     return reward.build_trainer(config, tokenizer, run_dir / "sft", train, evals[:8], work)
 
@@ -71,7 +73,7 @@ def time_ppo(run_dir: Path, policy_dir: Path, steps: int, trim: bool) -> dict:
         torch.manual_seed(0)
         tokenizer, policy, rm, value = ppo.load_models(policy_dir, run_dir / "reward")
         trainer = ppo.PPOTrainer(ppo.PPOConfig(), policy, tokenizer, rm, value)
-        prompts = [r["prompt"] for r in read_jsonl(bundled_path("rl_prompts_train.jsonl"))]
+        prompts = read_prompts(bundled_path("rl_prompts_train.jsonl"))
         times = []
         for i in range(steps + 1):
             t0 = time.perf_counter()

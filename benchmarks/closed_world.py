@@ -20,8 +20,10 @@ import os
 import time
 
 from llmkit import data, pretrain, reward, sft
+from llmkit.evaluate import pairwise_accuracy
 from llmkit.formats import read_preferences
 from llmkit.loaders import bundled_path
+from llmkit.reward_model import RewardModel
 from llmkit.rl import ppo, trl_methods
 
 
@@ -48,8 +50,8 @@ def main() -> None:
     full = timings["sft"][1].metrics
     lora = timings["lora"][1].metrics
     rm = timings["reward"][1].metrics
-    heldout = reward.pairwise(reward.RewardModel.load(timings["reward"][1].output_dir),
-                              read_preferences(bundled_path("preferences_heldout.jsonl")))["accuracy"]
+    heldout = pairwise_accuracy(RewardModel.load(timings["reward"][1].output_dir),
+                                read_preferences(bundled_path("preferences_heldout.jsonl")))["accuracy"]
     rows = [
         ("pretrain: wall time (s)", f"{pre['train_seconds']:.0f} training · {timings['pretrain'][0]:.0f} stage", "<= 240"),
         ("pretrain: base fact completion", f"{pre['fact_completion']:.2f}", ">= 0.8"),

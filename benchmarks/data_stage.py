@@ -14,11 +14,11 @@ generator labelled every document (data_samples/corpus_labels.jsonl):
    rule and reason) with datatrove's own filter blocks; a plain datatrove pipeline streams the same filters
    from a jsonl file to a jsonl file on `LocalPipelineExecutor`. Both see the same input; MB/s is of input
    text (UTF-8 bytes of the documents' text). The datatrove pipeline has no dedup, so llmkit is timed twice:
-   as `clean_corpus` runs in the stage, and without dedup (like for like, except that llmkit also
+   as `llmkit.cleaning.clean_corpus` runs in the stage, and without dedup (like for like, except that llmkit also
    normalises unicode and whitespace and also redacts phone numbers).
 
 3. MinHash near-dedup. datatrove's four MinHash stages (signatures, buckets, clusters, filter; FineWeb's
-   5-grams, 14 buckets x 8 hashes) against llmkit's `minhash_dedup` (datasketch LSH, 20 bands x 5 rows,
+   5-grams, 14 buckets x 8 hashes) against `llmkit.cleaning.minhash_dedup` (datasketch LSH, 20 bands x 5 rows,
    then the true Jaccard of each candidate pair checked against 0.7), on the same input: the normalised
    documents that passed the quality filters, before exact dedup, so that both must also catch the exact
    copies. Scored against the labels: recall on exact_dup + near_dup documents, precision of removals.
@@ -66,8 +66,8 @@ from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.hashing import HashConfig
 
-from llmkit import data
-from llmkit.loaders import bundled_path, load_documents
+from llmkit import cleaning, data
+from llmkit.loaders import bundled_path, load_documents, read_jsonl
 
 DUPLICATE_LABELS = ("exact_dup", "near_dup")
 
@@ -105,15 +105,15 @@ def llmkit_cleaning(docs: list[dict]) -> tuple[dict, dict, list[dict]]:
     """Time `clean_corpus` with and without dedup. Without dedup it is run as its two halves (the filters,
     then PII redaction) so that the filter output, before PII, can feed the MinHash comparison."""
     t0 = time.perf_counter()
-    kept = data.clean_corpus(docs, data.config_for("tiny"), data.Ledger(), progress=False)
+    kept = cleaning.clean_corpus(docs, data.config_for("tiny"), cleaning.Ledger(), progress=False)
     full = {"seconds": time.perf_counter() - t0, "kept": len(kept)}
 
     filters_only = data.config_for("tiny", exact_dedup=False, minhash_dedup=False, redact_pii=False)
     pii_only = data.config_for("tiny", normalize=False, gopher_repetition=False, gopher_quality=False,
                                c4=False, fineweb=False, exact_dedup=False, minhash_dedup=False)
     t0 = time.perf_counter()
-    filtered = data.clean_corpus(docs, filters_only, data.Ledger(), progress=False)
-    kept = data.clean_corpus(filtered, pii_only, data.Ledger(), progress=False)
+    filtered = cleaning.clean_corpus(docs, filters_only, cleaning.Ledger(), progress=False)
+    kept = cleaning.clean_corpus(filtered, pii_only, cleaning.Ledger(), progress=False)
     no_dedup = {"seconds": time.perf_counter() - t0, "kept": len(kept)}
     return full, no_dedup, filtered
 
@@ -175,9 +175,9 @@ def datatrove_minhash(docs: list[dict], workdir: Path) -> tuple[dict, set[str]]:
 
 
 def llmkit_minhash(docs: list[dict]) -> tuple[dict, set[str]]:
-    ledger = data.Ledger()
+    ledger = cleaning.Ledger()
     t0 = time.perf_counter()
-    data.minhash_dedup(docs, ledger, data.config_for("tiny"), progress=False)
+    cleaning.minhash_dedup(docs, ledger, data.config_for("tiny"), progress=False)
     return {"seconds": time.perf_counter() - t0}, {r["id"] for r in ledger.removed}
 
 
@@ -247,7 +247,7 @@ def main() -> None:
     datasets.disable_progress_bars()
 
     corpus = bundled_path("corpus.jsonl")
-    labels = {r["id"]: r["label"] for r in data.read_jsonl(bundled_path("corpus_labels.jsonl"))}
+    labels = {r["id"]: r["label"] for r in read_jsonl(bundled_path("corpus_labels.jsonl"))}
     docs, _ = load_documents(corpus)
     mb = sum(len(d["text"].encode("utf-8")) for d in docs) / 1e6
     started = time.perf_counter()

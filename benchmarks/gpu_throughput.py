@@ -94,10 +94,10 @@ def measure(preset: str, run_dir: Path, batch: int, micro: int, steps: int, comp
         tokenizer.save_pretrained(base)
         stage_dir = Path(tmp) / "run"
         (stage_dir / "data").mkdir(parents=True)
-        cfg = pretrain.PretrainConfig(preset=preset, base_model=str(base), data=str(run_dir / "data" / "blocks"),
-                                      batch_size=batch, micro_batch_size=micro, max_steps=5 * (steps // 5 + 2),
-                                      eval_every=5, eval_sequences=8, save_every=100_000, fact_completion=False,
-                                      mixed_precision="bf16", compile=compile)
+        cfg = pretrain.PretrainConfig(model_preset=preset, base_model=str(base),
+                                      data=str(run_dir / "data" / "blocks"), batch_size=batch, micro_batch_size=micro,
+                                      max_steps=5 * (steps // 5 + 2), eval_every=5, eval_sequences=8,
+                                      save_every=100_000, closed_world=False, mixed_precision="bf16", compile=compile)
         ours = pretrain.run(cfg, stage_dir, progress=False).metrics["tokens_per_s"]
         peak_mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return {"preset": preset, "parameters": n_params, "seq": seq, "batch": batch, "micro": micro,

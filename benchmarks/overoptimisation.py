@@ -2,7 +2,7 @@
 
     python benchmarks/overoptimisation.py --run-dir runs/bench      # uses RUN_DIR/sft and RUN_DIR/reward
 
-Runs llmkit PPO with beta = --kl-coef (default 0.01, ten times weaker than the default) and a larger learning
+Runs llmkit PPO with beta = --beta (default 0.01, ten times weaker than the default) and a larger learning
 rate for --steps steps into RUN_DIR/ppo_weak_kl, then groups the steps by their KL to the reference and prints,
 per group, the mean reward-model score and the mean oracle score of the same rollouts. Gao et al. (2022): the
 proxy keeps rising while the true score peaks and falls.
@@ -21,19 +21,19 @@ from llmkit.rl import ppo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run-dir", default="runs/bench", type=Path)
-    ap.add_argument("--kl-coef", type=float, default=0.01)
+    ap.add_argument("--beta", type=float, default=0.01, help="PPO's KL coefficient β")
     ap.add_argument("--learning-rate", type=float, default=5e-5)
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=100, help="PPO steps (PPOConfig.max_steps)")
     ap.add_argument("--groups", type=int, default=8)
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args()
     start = time.perf_counter()
-    result = ppo.run(ppo.config_for("tiny", kl_coef=args.kl_coef, learning_rate=args.learning_rate, steps=args.steps,
+    result = ppo.run(ppo.config_for("tiny", beta=args.beta, learning_rate=args.learning_rate, max_steps=args.steps,
                                     stage_name="ppo_weak_kl"), args.run_dir, overwrite=args.overwrite, progress=False)
     log = [r for r in read_jsonl(result.output_dir / "log.jsonl") if "kl" in r]
     size = max(1, len(log) // args.groups)
     m = result.metrics
-    print(f"PPO, beta {args.kl_coef}, learning rate {args.learning_rate}, {args.steps} steps of 32 rollouts; "
+    print(f"PPO, beta {args.beta}, learning rate {args.learning_rate}, {args.steps} steps of 32 rollouts; "
           f"{time.perf_counter() - start:.0f} s. Rollouts of each group of {size} consecutive steps:\n")
     print("| steps | KL to SFT (per sequence) | RM score | oracle score | response length |")
     print("|---|---:|---:|---:|---:|")

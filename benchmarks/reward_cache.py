@@ -28,11 +28,11 @@ def main() -> None:
     base = str(args.run_dir / "sft")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        reward.run(reward.config_for("tiny", base_model=base, max_steps=2, oracle_eval=False), Path(tmp) / "warm-up",
+        reward.run(reward.config_for("tiny", base_model=base, max_steps=2, closed_world=False), Path(tmp) / "warm-up",
                    progress=False)
         for cache in (False, True):
             start = time.perf_counter()
-            result = reward.run(reward.config_for("tiny", base_model=base, epochs=args.epochs, oracle_eval=False,
+            result = reward.run(reward.config_for("tiny", base_model=base, epochs=args.epochs, closed_world=False,
                                                   cache_reference=cache), Path(tmp) / f"cache-{cache}", progress=False)
             rows.append((cache, result.metrics["train_seconds"], time.perf_counter() - start,
                          result.metrics["eval_accuracy"]))

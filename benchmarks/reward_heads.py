@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 from llmkit import reward
+from llmkit.evaluate import pairwise_accuracy
 from llmkit.formats import read_preferences
 from llmkit.loaders import bundled_path
 from llmkit.oracle import Oracle
+from llmkit.reward_model import RewardModel
 
 HEADS = ("last_token", "likelihood")
 
@@ -50,9 +52,9 @@ def main() -> None:
         result = reward.run(reward.config_for("tiny", head=head, base_model=str(run_dir / "sft")), out,
                             args.overwrite, progress=False)
         wall = time.perf_counter() - start
-        rm = reward.RewardModel.load(result.output_dir)
-        heldout = reward.pairwise(rm, heldout_rows)
-        evals = reward.pairwise(rm, read_preferences(bundled_path("preferences_eval.jsonl")))["rows"]
+        rm = RewardModel.load(result.output_dir)
+        heldout = pairwise_accuracy(rm, heldout_rows)
+        evals = pairwise_accuracy(rm, read_preferences(bundled_path("preferences_eval.jsonl")))["rows"]
         results[head] = dict(m=result.metrics, wall=wall, heldout=heldout["accuracy"], kinds=per_kind(oracle, evals),
                              heldout_kinds=per_kind(oracle, heldout["rows"]))
 

@@ -3,14 +3,14 @@
     python benchmarks/rl_ceiling.py --run-dir runs/bench --markdown      # uses RUN_DIR/sft (and RUN_DIR/reward)
 
 The RL stages' headline is the oracle win-rate of the policy against the SFT model on the first 100 held-out RL
-prompts, four answers each, both sampled at temperature 0.7 (ties count half; `ppo.compare_policies`). A policy
-that only learned to sample less noisily would answer like the SFT model at a lower temperature, at the limit
-like its greedy decoding. This scores exactly those stand-ins against SFT sampled at 0.7 with the comparison's
-seed, so a win-rate bar above the greedy row asks RL to know something SFT does not. The row "habits cut out" is
-SFT's own answers at 0.7 with the demonstrators' habit formulas (the rambling sentences and rude phrases of
-data_samples/generate.py) deleted and nothing else changed: what a policy that dropped the habits perfectly, and
-re-drew no fact, would win. Per prompt kind, the oracle scores show where the SFT model itself fails. With a
-reward model in RUN_DIR/reward, its mean score of each is shown too.
+prompts, four answers each, both sampled at temperature 0.7 (ties count half;
+`llmkit.evaluate.compare_policies`). A policy that only learned to sample less noisily would answer like the SFT
+model at a lower temperature, at the limit like its greedy decoding. This scores exactly those stand-ins against
+SFT sampled at 0.7 with the comparison's seed, so a win-rate bar above the greedy row asks RL to know something
+SFT does not. The row "habits cut out" is SFT's own answers at 0.7 with the demonstrators' habit formulas (the
+rambling sentences and rude phrases of data_samples/generate.py) deleted and nothing else changed: what a policy
+that dropped the habits perfectly, and re-drew no fact, would win. Per prompt kind, the oracle scores show where
+the SFT model itself fails. With a reward model in RUN_DIR/reward, its mean score of each is shown too.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmkit.loaders import bundled_path, read_jsonl
+from llmkit.formats import read_prompts
+from llmkit.generation import generate
+from llmkit.loaders import bundled_path
 from llmkit.oracle import Oracle
 from llmkit.rl import ppo
 
@@ -59,10 +61,10 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(sft_dir, local_files_only=True, dtype=torch.float32).eval()
     rm = None
     if (args.run_dir / "reward" / "config.json").exists():
-        from llmkit.reward import RewardModel
+        from llmkit.reward_model import RewardModel
 
         rm = RewardModel.load(args.run_dir / "reward", "cpu")
-    prompts = [r["prompt"] for r in read_jsonl(bundled_path("rl_prompts_eval.jsonl"))[: args.prompts]]
+    prompts = read_prompts(bundled_path("rl_prompts_eval.jsonl"))[: args.prompts]
     prompts = prompts * ppo.PPOConfig.eval_samples_per_prompt  # the comparison's answers per prompt
     oracle = Oracle()
     seed = ppo.PPOConfig.seed + 1  # the seed compare_policies samples both sides with
@@ -70,7 +72,7 @@ def main() -> None:
 
     def answers(t: float | None) -> list[str]:
         torch.manual_seed(seed)
-        return ppo.generate(model, tokenizer, prompts, args.max_new_tokens, t or 1.0, do_sample=t is not None).texts
+        return generate(model, tokenizer, prompts, args.max_new_tokens, t or 1.0, do_sample=t is not None).texts
 
     baseline = answers(temperature)
     base_scores = [oracle.score(p, a) for p, a in zip(prompts, baseline)]

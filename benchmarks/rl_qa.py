@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmkit.evaluate import chat_generate, qa_accuracy
+from llmkit.evaluate import qa_accuracy
+from llmkit.generation import chat_generate
 from llmkit.loaders import bundled_path, read_jsonl
 from llmkit.oracle import Oracle
 

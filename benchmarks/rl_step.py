@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from llmkit.formats import read_prompts
+from llmkit.generation import generate
 from llmkit.loaders import bundled_path
 from llmkit.rl import ppo, trl_methods
 
@@ -35,7 +37,7 @@ def time_ppo(run_dir: Path, prompts: list, steps: int, max_new_tokens: int, **ov
     for i in range(steps + 1):
         batch = [prompts[(i * 32 + j) % len(prompts)] for j in range(32)]
         t0 = time.perf_counter()
-        record, _, _ = trainer.step(batch)
+        record, _ = trainer.step(batch)
         if i:  # the first step warms up
             times.append(time.perf_counter() - t0)
             lengths.append(record["response_length"])
@@ -48,7 +50,7 @@ def time_rollout(run_dir: Path, prompts: list, max_new_tokens: int, use_cache: b
     for i in range(repeats + 1):
         torch.manual_seed(i)
         t0 = time.perf_counter()
-        r = ppo.generate(policy, tokenizer, prompts[:32], max_new_tokens, 0.7, use_cache=use_cache)
+        r = generate(policy, tokenizer, prompts[:32], max_new_tokens, 0.7, use_cache=use_cache)
         if i:
             times.append(time.perf_counter() - t0)
             lengths.append(r.mask.sum(-1).float().mean().item())
@@ -73,12 +75,12 @@ def time_grpo(run_dir: Path, prompts: list, steps: int, max_new_tokens: int) -> 
                 self.lengths.append(logs["completions/mean_length"])
 
     torch.manual_seed(0)
-    cfg = trl_methods.MethodConfig(method="grpo", steps=steps + 1, batch_size=32, num_generations=4,
+    cfg = trl_methods.MethodConfig(method="grpo", max_steps=steps + 1, batch_size=32, num_generations=4,
                                    max_new_tokens=max_new_tokens, temperature=0.7)
     clock = Clock()
     work = run_dir / ".bench_grpo"
-    trainer, _ = trl_methods.build_trainer(cfg, run_dir / "sft", run_dir / "reward", prompts, None, work,
-                                           callbacks=(clock,))
+    trainer, _ = trl_methods.build_trainer(cfg, run_dir / "sft", run_dir / "reward", prompts, None, work)
+    trainer.add_callback(clock)
     trainer.train()
     return {"seconds": statistics.mean(clock.marks[1:]), "length": statistics.mean(clock.lengths[1:] or clock.lengths)}
 
@@ -89,7 +91,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--max-new-tokens", type=int, default=40)
     args = ap.parse_args()
-    prompts = ppo._read_prompts(bundled_path("rl_prompts_train.jsonl"))
+    prompts = read_prompts(bundled_path("rl_prompts_train.jsonl"))
     start = time.perf_counter()
     results = {
         "llmkit PPO, defaults (2 epochs x 4 minibatches = 8 updates)": time_ppo(args.run_dir, prompts, args.steps, args.max_new_tokens),
@@ -106,7 +108,7 @@ def main() -> None:
              "| step | seconds / step | mean completion tokens | time vs TRL GRPO |", "|---|---:|---:|---:|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['seconds']:.2f} | {r['length']:.1f} | {r['seconds'] / grpo:.2f}x |")
-    lines += ["", "| rollout of 32 completions (llmkit `ppo.generate`) | seconds | mean tokens |", "|---|---:|---:|",
+    lines += ["", "| rollout of 32 completions (llmkit `generation.generate`) | seconds | mean tokens |", "|---|---:|---:|",
               f"| with the KV cache | {cached['seconds']:.2f} | {cached['length']:.1f} |",
               f"| without the KV cache | {uncached['seconds']:.2f} | {uncached['length']:.1f} |",
               f"| speed-up from the cache | {uncached['seconds'] / cached['seconds']:.2f}x | |"]
