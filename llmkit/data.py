@@ -26,11 +26,16 @@ from llmkit.loaders import DataError, bundled_path, load_documents, read_jsonl, 
 class DataConfig(StageConfig):
     STAGE: ClassVar[str] = "data"
 
-    corpus: str | None = option(None, "raw corpus: a jsonl/json/parquet/txt file or folder, gzip or not, or a "
-                                      "save_to_disk folder (default: the bundled closed-world crawl)")
+    corpus: str | None = option(None, "raw corpus: a jsonl, json, parquet, arrow, csv/tsv, WARC/WET or plain-text "
+                                      "file or folder, gzip/zstd or not, or a save_to_disk folder (default: the "
+                                      "bundled closed-world crawl)")
     text_field: str | None = option(None, "field holding the text (default: the first of text, content, "
                                           "document, body, raw_content)")
     max_documents: int | None = option(None, "read only the first N documents")
+    text_chars: int = option(10_000, "plain text (.txt/.md): paragraphs are put together into documents of up to "
+                                     "this many characters")
+    text_heading: str | None = option(None, "plain text: a regular expression for the lines that start a new "
+                                            "document, such as '^CHAPTER ' (default: size alone)")
     # cleaning (llmkit.cleaning)
     normalize: bool = option(True, "Unicode NFKC and whitespace clean-up (the filters count stray \\r lines as "
                                    "duplicate lines otherwise)")
@@ -79,7 +84,8 @@ def run(config: DataConfig, run_dir: str | Path, overwrite: bool = False, progre
     if out.reusable:
         return out.reuse()
     corpus = config.corpus or str(bundled_path("corpus.jsonl"))
-    docs, read_stats = load_documents(corpus, config.text_field, config.max_documents)
+    docs, read_stats = load_documents(corpus, config.text_field, config.max_documents, config.text_chars,
+                                      config.text_heading)
     if not docs:
         raise DataError(f"{corpus}: the corpus holds no documents")
     ledger = Ledger()
@@ -103,6 +109,8 @@ def run(config: DataConfig, run_dir: str | Path, overwrite: bool = False, progre
             "documents_removed": len(ledger.removed),
             "documents_changed": len({c["id"] for c in ledger.changes}),
             "replaced_undecodable_chars": read_stats.replaced_chars,
+            "skipped_while_reading": read_stats.skipped,  # records that hold no document (a WARC request, …)
+            "text_field_detected": read_stats.text_field,
             "language_id": "on" if config.language_model else "skipped (no language_model file given)",
             "rules": ledger.per_rule(docs, tokenizer, rule_order(config)),
             "vocab_size": len(tokenizer),
@@ -152,7 +160,12 @@ def render_report(m: dict) -> str:
                      f"{r['tokens_in']} → {r['tokens_out']} | {reasons} |")
     lines += [
         "", f"Language identification: {m['language_id']}.",
-        f"Undecodable characters replaced while reading: {m['replaced_undecodable_chars']}.", "",
+        f"Undecodable characters replaced while reading: {m['replaced_undecodable_chars']}.",
+        *([f"Records without a document, left out while reading: "
+           f"{', '.join(f'{k} ({v})' for k, v in m['skipped_while_reading'].items())}."]
+          if m.get("skipped_while_reading") else []),
+        *([f"Text read from the column {m['text_field_detected']!r} (the longest of the first row)."]
+          if m.get("text_field_detected") else []), "",
         f"Tokenizer: byte-level BPE, {m['vocab_size']} tokens; {m['train_bytes_per_token']:.2f} bytes per token "
         "on the training split.",
         f"Blocks: {m['train_blocks']} train, {m['validation_blocks']} validation "

@@ -176,3 +176,37 @@ def test_packing_with_worker_processes_gives_the_same_blocks(data_run):
     two, s2 = pack_sequences(Dataset.from_dict({"text": texts}), tok, 64, num_proc=2)
     assert s1["tokens"] == s2["tokens"] and s1["bytes"] == sum(len(t.encode()) for t in texts)
     assert one["input_ids"][:5] == two["input_ids"][:5] and abs(len(one) - len(two)) <= 2
+
+
+def test_a_warc_crawl_goes_through_the_stage(tmp_path):
+    """A WARC file (written with warcio) of HTML pages around the bundled corpus's good documents: the stage reads
+    each page's main text (trafilatura), leaves out what holds no document, and cleans and packs the rest."""
+    import io
+
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    from llmkit.loaders import bundled_path
+
+    labels = {r["id"]: r["label"] for r in read_jsonl(bundled_path("corpus_labels.jsonl"))}
+    good = [d for d in read_jsonl(bundled_path("corpus.jsonl")) if labels[d["id"]] == "good"][:120]
+    warc = tmp_path / "crawl.warc.gz"
+    with open(warc, "wb") as out:
+        writer = WARCWriter(out, gzip=True)
+        for k, d in enumerate(good):
+            paragraphs = "".join(f"<p>{p}</p>" for p in d["text"].split("\n"))
+            page = (f"<html><body><nav><a href='/'>Home</a> | <a href='/shop'>Shop</a></nav><main><h1>Page {k}</h1>"
+                    f"{paragraphs}</main><footer>Copyright · Privacy</footer></body></html>")
+            http = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
+            writer.write_record(writer.create_warc_record(f"https://example.org/{k}", "response",
+                                                          payload=io.BytesIO(page.encode()), http_headers=http))
+            writer.write_record(writer.create_warc_record(f"https://example.org/{k}", "request",
+                                                          payload=io.BytesIO(b"GET / HTTP/1.1\r\n\r\n")))
+    result = data.run(DataConfig(corpus=str(warc), vocab_size=1024, block_size=128), tmp_path / "run", progress=False)
+    m = result.metrics
+    assert m["documents_in"] == 120 and m["documents_out"] >= 100
+    assert m["skipped_while_reading"] == {"warc request record": 120}
+    kept = read_jsonl(result.output_dir / "documents.jsonl")
+    assert all(d["url"].startswith("https://example.org/") for d in kept)
+    assert not any("Privacy" in d["text"] or "Shop" in d["text"] for d in kept)  # navigation and footer left out
+    assert "warc request record (120)" in (result.output_dir / "report.md").read_text()
