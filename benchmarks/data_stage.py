@@ -134,8 +134,8 @@ def datatrove_cleaning(corpus: Path, workdir: Path) -> dict:
         workers=1,
         logging_dir=str(out / "logs"),
     )
-    seconds = _run_quietly(executor)
-    kept = _read_ids(out / "output")
+    seconds = run_quietly(executor)
+    kept = read_ids(out / "output")
     return {"seconds": seconds, "kept": len(kept), "ids": kept}
 
 
@@ -169,8 +169,8 @@ def datatrove_minhash(docs: list[dict], workdir: Path) -> tuple[dict, set[str]]:
     for name, (pipeline, tasks) in stages.items():
         executor = LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1,
                                          logging_dir=str(root / "logs" / name))
-        times[name] = _run_quietly(executor)
-    removed = _read_ids(Path(folder["removed"]))
+        times[name] = run_quietly(executor)
+    removed = read_ids(Path(folder["removed"]))
     return {"seconds": sum(times.values()), "stages": times}, removed
 
 
@@ -189,7 +189,7 @@ def score_dedup(docs: list[dict], removed: set[str], labels: dict[str, str]) -> 
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
-def _run_quietly(executor: LocalPipelineExecutor) -> float:
+def run_quietly(executor: LocalPipelineExecutor) -> float:
     """Run a datatrove executor with its console log and progress bars captured (the log files stay in
     its logging_dir); show them only if it fails. Returns wall seconds."""
     captured = io.StringIO()
@@ -203,7 +203,7 @@ def _run_quietly(executor: LocalPipelineExecutor) -> float:
     return time.perf_counter() - t0
 
 
-def _read_ids(folder: Path) -> set[str]:
+def read_ids(folder: Path) -> set[str]:
     """The ids of the documents a datatrove JsonlWriter wrote (uncompressed) into `folder`."""
     return {json.loads(line)["id"] for f in folder.glob("*.jsonl") for line in open(f, encoding="utf-8")
             if line.strip()}

@@ -57,6 +57,17 @@ class Normalizer(BaseFormatter):
         return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
+class Unwrapper(BaseFormatter):
+    """Hard-wrapped prose (books, plain-text articles: a line break every 70 characters) made one line per
+    paragraph, so that rules written for web pages' lines see paragraphs, not fragments."""
+
+    name = "unwrap"
+    _wrap = re.compile(r"(?<=\S)[ \t]*\n(?=[ \t]*\S)")  # a line break inside a paragraph (not a blank line)
+
+    def format(self, text: str) -> str:
+        return self._wrap.sub(" ", text)
+
+
 PHONE_REGEX = r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)|\d{2,4})[ .-]?\d{3,4}[ .-]?\d{3,4}(?!\w)"
 
 
@@ -82,22 +93,38 @@ def _looks_like_phone(s: str) -> bool:
     return 9 <= digits <= 15 and not re.fullmatch(r"\d{4}( \d{4}){2,}", s)  # not a run of years
 
 
+def rule_on(config, name: str) -> bool:
+    """Whether a rule runs: the config's switch where it is set, else its profile's choice (`llmkit.data.PROFILES`:
+    web and prose run every filter, prose unwraps lines first, none runs no filter)."""
+    value = getattr(config, name)
+    if value is not None:
+        return value
+    if name == "unwrap":
+        return config.profile == "prose"
+    return config.profile != "none"
+
+
 def datatrove_pipeline(config) -> list:
     """The per-document steps as datatrove blocks, in order. Put a reader in front and a writer behind
     to run them on any datatrove executor; dedup at that scale uses datatrove's MinHash stages."""
+    prose = config.profile == "prose"
     steps: list = []
     if config.normalize:
         steps.append(Normalizer())
+    if rule_on(config, "unwrap"):
+        steps.append(Unwrapper())
     if config.language_model:
         steps.append(language_filter(config))
-    if config.gopher_repetition:
+    if rule_on(config, "gopher_repetition"):
         steps.append(GopherRepetitionFilter())
-    if config.gopher_quality:
-        steps.append(GopherQualityFilter())
-    if config.c4:
-        steps.append(C4QualityFilter(filter_no_terminal_punct=False))  # FineWeb's setting
-    if config.fineweb:
-        steps.append(FineWebQualityFilter())
+    if rule_on(config, "gopher_quality"):
+        steps.append(GopherQualityFilter(max_doc_words=None, max_non_alpha_words_ratio=0.6) if prose
+                     else GopherQualityFilter())
+    if rule_on(config, "c4"):  # FineWeb's setting: no "every line ends in punctuation"
+        steps.append(C4QualityFilter(filter_no_terminal_punct=False, **(
+            {"filter_curly_bracket": False, "filter_javascript": False, "filter_policy": False} if prose else {})))
+    if rule_on(config, "fineweb"):  # prose: no rule about how lines end or how short they are
+        steps.append(FineWebQualityFilter(line_punct_thr=0.0, short_line_thr=1.0) if prose else FineWebQualityFilter())
     return steps
 
 
@@ -110,7 +137,7 @@ def rule_order(config) -> list[str]:
 
 
 RULE_NAMES = {
-    Normalizer: "normalize", GopherRepetitionFilter: "gopher_repetition", GopherQualityFilter: "gopher_quality",
+    Normalizer: "normalize", Unwrapper: "unwrap", GopherRepetitionFilter: "gopher_repetition", GopherQualityFilter: "gopher_quality",
     C4QualityFilter: "c4", FineWebQualityFilter: "fineweb", PIIRedactor: "pii",
 }
 
@@ -167,6 +194,7 @@ class Ledger:
                 "changed": sum(c["rule"] == rule for c in self.changes),
                 "tokens_in": n_tokens, "tokens_out": n_tokens - removed_tokens, "tokens_removed": removed_tokens,
                 "reasons": dict(Counter(_reason_key(r["reason"]) for r in gone).most_common()),
+                "examples": [{"id": r["id"], "reason": r["reason"], "text": r["text"][:200]} for r in gone[:3]],
             }
             n_docs, n_tokens = n_docs - len(gone), n_tokens - removed_tokens
         return out
@@ -240,6 +268,8 @@ def apply_steps(steps: list, d: dict, ledger: Ledger) -> dict | None:
 def _describe_change(rule: str, before: str, after: str) -> str:
     if rule == "pii":
         return "redacted personal data"
+    if rule == "unwrap":
+        return f"joined {before.count(chr(10)) - after.count(chr(10))} hard-wrapped line(s)"
     if rule == "c4":
         gone = [line for line in before.splitlines() if line.strip() and line.strip() not in after.splitlines()]
         if gone:

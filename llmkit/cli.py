@@ -40,19 +40,23 @@ def add_config_options(parser, s: pipeline.Stage, prefix: str = "") -> None:
         if not f.metadata.get("cli", True):
             continue
         kind, optional = _unwrap(hints[f.name])
+        flag = "--" + prefix + f.name.replace("_", "-")
         kwargs = {"dest": prefix + f.name, "default": argparse.SUPPRESS, "help": _help(f, s),
                   "metavar": f.name.upper()}
         choices = [c for c in (f.metadata.get("choices") or ()) if c is not None]
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
+        if kind is bool:  # --lora / --no-lora; in the pipeline --sft.lora / --sft.no-lora
             del kwargs["metavar"]
-        elif kind in (list, "str-or-list"):
+            parser.add_argument(flag, action="store_const", const=True, **kwargs)
+            parser.add_argument("--" + prefix + "no-" + f.name.replace("_", "-"), action="store_const", const=False,
+                                dest=kwargs["dest"], default=argparse.SUPPRESS, help=f"the opposite of {flag}")
+            continue
+        if kind in (list, "str-or-list"):
             kwargs["nargs"] = "+"
         else:
             kwargs["type"] = _none_or(kind) if optional else kind
             if choices:
                 kwargs.update(choices=choices, metavar="{" + ",".join(map(str, choices)) + "}")
-        parser.add_argument("--" + prefix + f.name.replace("_", "-"), **kwargs)
+        parser.add_argument(flag, **kwargs)
 
 
 def _unwrap(hint) -> tuple:

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 from llmkit.runs import StageError
 
 MISSING = dataclasses.MISSING
+MAX_BAD_ROWS_HELP = ("the share of the rows of your files that may be unusable (they are kept in the stage's "
+                     "rejected_rows.jsonl with file, line and reason) before the stage stops")
 
 
 def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING,

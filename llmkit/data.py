@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import ClassVar
 
 from llmkit import runs
-from llmkit.config import StageConfig, configure, option
-from llmkit.loaders import DataError, bundled_path, load_documents, read_jsonl, write_jsonl
+from llmkit.config import MAX_BAD_ROWS_HELP, StageConfig, configure, option
+from llmkit.loaders import DataError, Rejects, bundled_path, load_documents, read_jsonl, write_jsonl
+
+PROFILES = {  # the rules for what kind of text (llmkit.cleaning.rule_on)
+    "web": "web pages: FineWeb's rules as they are",
+    "prose": "books and articles: hard-wrapped lines unwrapped first, and the rules without their web-only parts "
+             "(lines that end without punctuation, short lines, curly brackets, javascript and policy lines, the "
+             "long-document limit; words without letters allowed up to 40 %)",
+    "none": "normalise, deduplicate and redact personal data; no quality filter",
+}
 
 
 @dataclass
@@ -34,15 +42,21 @@ class DataConfig(StageConfig):
     max_documents: int | None = option(None, "read only the first N documents")
     text_chars: int = option(10_000, "plain text (.txt/.md): paragraphs are put together into documents of up to "
                                      "this many characters")
+    max_bad_rows: float = option(0.01, MAX_BAD_ROWS_HELP)
     text_heading: str | None = option(None, "plain text: a regular expression for the lines that start a new "
                                             "document, such as '^CHAPTER ' (default: size alone)")
     # cleaning (llmkit.cleaning)
+    profile: str = option("web", "which rules, for what text: " + "; ".join(f"{k}: {v}" for k, v in PROFILES.items()),
+                          choices=tuple(PROFILES))
     normalize: bool = option(True, "Unicode NFKC and whitespace clean-up (the filters count stray \\r lines as "
                                    "duplicate lines otherwise)")
-    gopher_repetition: bool = option(True, "Gopher's repetition filter")
-    gopher_quality: bool = option(True, "Gopher's quality filter")
-    c4: bool = option(True, "C4's line filters (without its terminal-punctuation rule, as FineWeb)")
-    fineweb: bool = option(True, "FineWeb's quality filter")
+    unwrap: bool | None = option(None, "join hard-wrapped lines into one line per paragraph (default: the "
+                                       "profile's: prose)")
+    gopher_repetition: bool | None = option(None, "Gopher's repetition filter (default: the profile's)")
+    gopher_quality: bool | None = option(None, "Gopher's quality filter (default: the profile's)")
+    c4: bool | None = option(None, "C4's line filters, without its terminal-punctuation rule as in FineWeb "
+                                   "(default: the profile's)")
+    fineweb: bool | None = option(None, "FineWeb's quality filter (default: the profile's)")
     language_model: str | None = option(None, "a fastText lid.176.bin for language identification (default: "
                                               "skipped; llmkit downloads nothing)")
     languages: list[str] = option(default_factory=lambda: ["en"], help="languages to keep (with language_model)")
@@ -84,14 +98,18 @@ def run(config: DataConfig, run_dir: str | Path, overwrite: bool = False, progre
     if out.reusable:
         return out.reuse()
     corpus = config.corpus or str(bundled_path("corpus.jsonl"))
+    rejects = Rejects(config.max_bad_rows)
     docs, read_stats = load_documents(corpus, config.text_field, config.max_documents, config.text_chars,
-                                      config.text_heading)
+                                      config.text_heading, rejects)
     if not docs:
         raise DataError(f"{corpus}: the corpus holds no documents")
     ledger = Ledger()
     kept = clean_corpus(docs, config, ledger, progress)
     if not kept:
-        raise DataError("the cleaning rules removed every document:\n" + ledger.summary_table(docs, kept))
+        raise DataError("the cleaning rules removed every document:\n" + ledger.summary_table(docs, kept) +
+                        f"\n  The rules are the {config.profile!r} profile's. For books and articles use the prose "
+                        "profile (--profile prose), for text already clean none; any rule can be switched off "
+                        "(--no-fineweb, …; in the pipeline --data.profile, --data.no-fineweb)")
     with out:
         tokenizer = train_tokenizer((d["text"] for d in kept), config.vocab_size)
         tokenizer.save_pretrained(out.work / "tokenizer")
@@ -103,16 +121,20 @@ def run(config: DataConfig, run_dir: str | Path, overwrite: bool = False, progre
         write_jsonl(out.work / "documents.jsonl", kept)
         write_jsonl(out.work / "removed.jsonl", ledger.removed)
         write_jsonl(out.work / "changes.jsonl", ledger.changes)
+        rejects.write(out.work)
+        rules = ledger.per_rule(docs, tokenizer, rule_order(config))
         metrics = {
             "documents_in": len(docs),
             "documents_out": len(kept),
             "documents_removed": len(ledger.removed),
             "documents_changed": len({c["id"] for c in ledger.changes}),
             "replaced_undecodable_chars": read_stats.replaced_chars,
+            "rejected_rows": len(rejects.rows),  # rows that could not be read: rejected_rows.jsonl says why
             "skipped_while_reading": read_stats.skipped,  # records that hold no document (a WARC request, …)
             "text_field_detected": read_stats.text_field,
             "language_id": "on" if config.language_model else "skipped (no language_model file given)",
-            "rules": ledger.per_rule(docs, tokenizer, rule_order(config)),
+            "rules": rules,
+            "warnings": flag_rules(rules, config),
             "vocab_size": len(tokenizer),
             **{f"{split}_{k}": v for split, s in pack_stats.items() for k, v in s.items()},
         }
@@ -146,6 +168,30 @@ def make_blocks(docs: list[dict], tokenizer, config: DataConfig):
 
 
 # ---- report ---------------------------------------------------------------------------------------
+WEB_RULES = ("gopher_repetition", "gopher_quality", "c4", "fineweb")
+
+
+def flag_rules(rules: dict, config: DataConfig) -> list[str]:
+    """A warning for each rule that removed more than half of the documents that reached it: on text other than
+    web pages that is usually the rule, not the text (hard-wrapped book lines fail FineWeb's line-punctuation
+    rule). Each says how to relax it."""
+    out = []
+    for rule, r in rules.items():
+        if not r["documents_in"] or r["removed"] <= r["documents_in"] / 2:
+            continue
+        reasons = ", ".join(f"{k} ({v})" for k, v in list(r["reasons"].items())[:3])
+        flag = rule.replace("_", "-")
+        switch = f"{rule}=False (llmkit data --no-{flag}, llmkit pipeline --data.no-{flag})"
+        if rule in WEB_RULES and config.profile == "web":
+            how = (f"its thresholds are for web pages: for books and articles use the prose profile (--profile prose, "
+                   f"--data.profile prose in the pipeline), or switch it off: {switch}")
+        else:
+            how = f"switch it off with {switch} if that is wrong for your text"
+        out.append(f"{rule} removed {r['removed']} of the {r['documents_in']} documents that reached it ({reasons}); "
+                   f"{how}")
+    return out
+
+
 def render_report(m: dict) -> str:
     lines = [
         "# Data stage report", "",
@@ -158,6 +204,10 @@ def render_report(m: dict) -> str:
         reasons = ", ".join(f"{k} ({v})" for k, v in list(r["reasons"].items())[:3])
         lines.append(f"| {rule} | {r['documents_in']} → {r['documents_out']} | {r['changed']} | "
                      f"{r['tokens_in']} → {r['tokens_out']} | {reasons} |")
+    for warning in m.get("warnings", []):
+        rule = warning.split(" ", 1)[0]
+        lines += ["", f"**Most of what reached {rule} was removed.** {warning}. Examples:", ""]
+        lines += [f"- `{e['id']}` ({e['reason']}): {e['text'][:160]!r}" for e in m["rules"][rule].get("examples", [])]
     lines += [
         "", f"Language identification: {m['language_id']}.",
         f"Undecodable characters replaced while reading: {m['replaced_undecodable_chars']}.",

@@ -20,7 +20,7 @@ from collections import Counter
 
 from llmkit import runs
 from llmkit import world as W
-from llmkit.formats import prompt_text
+from llmkit.formats import answer_text, prompt_text
 from llmkit.generation import chat_generate, generate, greedy_continuations, response_logprobs
 from llmkit.loaders import bundled_path, read_jsonl
 
@@ -153,9 +153,13 @@ def evaluate_policy(model, reference, tokenizer, rm, prompts: list, config, refe
     """What every RL stage reports: `compare_policies` on `prompts` with the config's `max_new_tokens`,
     `temperature`, `eval_samples_per_prompt` and `seed`, and, on the closed world (an `oracle`), closed-world QA
     against the reference (the SFT model, whose own QA is read from `reference_dir` when it asked the same
-    questions). `rows` holds every comparison."""
+    questions). `rows` holds every comparison; `warnings` says when most answers ran out of tokens."""
     out = compare_policies(model, reference, tokenizer, rm, prompts, config.max_new_tokens, config.temperature,
                            config.eval_samples_per_prompt, config.seed, oracle)
+    if out["eval_eos_fraction"] < 0.5:
+        out["warnings"] = [f"{1 - out['eval_eos_fraction']:.0%} of its answers to the evaluation prompts ran out of "
+                           f"tokens (max_new_tokens={config.max_new_tokens}) before they ended their turn: raise "
+                           "max_new_tokens, or check that the SFT model learned to stop"]
     if oracle is not None:
         out.update(closed_world_qa(model, tokenizer, config.qa_limit, reference, "sft", reference_dir))
     return out
@@ -165,10 +169,10 @@ def pairwise_accuracy(rm, rows: list[dict]) -> dict:
     """How often a reward model scores the chosen answer above the rejected one, over preference rows
     {"prompt", "chosen", "rejected"} (TRL's conversational format), the mean margin, and every pair's scores."""
     prompts = [r["prompt"] for r in rows]
-    chosen = rm.score(prompts, [r["chosen"][-1]["content"] for r in rows])
-    rejected = rm.score(prompts, [r["rejected"][-1]["content"] for r in rows])
-    out = [{"prompt": prompt_text(r["prompt"]), "chosen": r["chosen"][-1]["content"],
-            "rejected": r["rejected"][-1]["content"], "score_chosen": c, "score_rejected": j}
+    chosen = rm.score(prompts, [r["chosen"] for r in rows])
+    rejected = rm.score(prompts, [r["rejected"] for r in rows])
+    out = [{"prompt": prompt_text(r["prompt"]), "chosen": answer_text(r["chosen"]),
+            "rejected": answer_text(r["rejected"]), "score_chosen": c, "score_rejected": j}
            for r, c, j in zip(rows, chosen, rejected)]
     n = max(1, len(rows))
     return {"accuracy": sum(c > j for c, j in zip(chosen, rejected)) / n,

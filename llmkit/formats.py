@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from llmkit.loaders import DataError, iter_records
+from llmkit.loaders import DataError, ReadStats, Rejects, iter_records, reject
 
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
          "chatgpt": "assistant", "bot": "assistant", "model": "assistant"}
@@ -48,17 +48,54 @@ def prompt_text(prompt) -> str:
     return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-def read_prompts(path: str | Path) -> list:
-    """Prompts for RL and sampling: rows with a `prompt` (a string, or a list of messages)."""
+def read_prompts(path: str | Path, rejects: Rejects | None = None) -> list:
+    """Prompts for RL and sampling, from rows with a `prompt` (a string or a list of messages), or from any
+    conversation format `read_conversations` reads — the prompt is the conversation up to its last assistant
+    turn — or from instructions alone (`instruction`, with an optional `input`). Rows that hold none go to
+    `rejects` (None: the first one stops the read)."""
     out = []
-    for row, where in iter_records(path):
+    for row, where in _rows(path, rejects):
         prompt = row.get("prompt") if isinstance(row, dict) else None
-        if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
-            raise DataError(f"{where}: a prompt row needs `prompt`: a string or a list of messages")
+        if isinstance(prompt, str) and prompt.strip() or isinstance(prompt, list) and prompt:
+            out.append(prompt)
+            continue
+        fmt = detect_format(row)
+        try:
+            if fmt is not None:
+                messages = to_messages(row, fmt)[0]
+                prompt = messages[:max(i for i, m in enumerate(messages) if m["role"] == "assistant")]
+            elif isinstance(row, dict) and isinstance(row.get("instruction"), str) and row["instruction"].strip():
+                extra = row.get("input") if isinstance(row.get("input"), str) else ""
+                prompt = f"{row['instruction']}\n\n{extra}" if extra.strip() else row["instruction"]
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            reject(rejects, where, f"not a valid {fmt} row ({e}) to take a prompt from")
+            continue
+        if not prompt:
+            reject(rejects, where, "a prompt row needs `prompt` (a string or a list of messages), a conversation "
+                                   f"in one of the chat formats, or an `instruction`; fields found: {_fields(row)}")
+            continue
         out.append(prompt)
-    if not out:
-        raise DataError(f"{path}: no prompts found")
+    _done(path, rejects, out, "prompts")
     return out
+
+
+def _rows(path: str | Path, rejects: Rejects | None):
+    """The records of a file, each counted in `rejects.seen`; malformed lines go to `rejects` too."""
+    for row, where in iter_records(path, ReadStats(rejects=rejects)):
+        if rejects is not None:
+            rejects.seen += 1
+        yield row, where
+
+
+def _done(path, rejects: Rejects | None, out: list, what: str) -> None:
+    if rejects is not None:
+        rejects.check(path)
+    if not out:
+        raise DataError(f"{path}: no {what} found")
+
+
+def _fields(row) -> str:
+    return "[" + (", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__) + "]"
 
 
 def expected_fields() -> str:
@@ -96,30 +133,32 @@ def to_messages(row: dict, data_format: str) -> list[list[dict]]:
     return [_check(m) for m in convert[data_format](row)]
 
 
-def read_conversations(path: str | Path, data_format: str = "auto", limit: int | None = None) -> list[dict]:
-    """Rows {"messages": [...]} from a file or folder in any of FORMATS (`auto`: detected from the first row)."""
+def read_conversations(path: str | Path, data_format: str = "auto", limit: int | None = None,
+                       rejects: Rejects | None = None) -> list[dict]:
+    """Rows {"messages": [...]} from a file or folder in any of FORMATS (`auto`: detected from the first row that
+    matches one). A row that cannot be read goes to `rejects`, with its file, line and the fields expected;
+    without one, it stops the read."""
     if data_format != "auto" and data_format not in EXPECTED:
         raise DataError(f"data_format={data_format!r} is not a format llmkit reads; accepted: auto, {', '.join(FORMATS)}")
     out: list[dict] = []
     fmt = None if data_format == "auto" else data_format
-    for row, where in iter_records(path):
+    for row, where in _rows(path, rejects):
         if fmt is None:
             fmt = detect_format(row)
             if fmt is None:
-                fields = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
-                raise DataError(f"{where}: cannot tell the chat-data format of a row with fields [{fields}]; "
-                                f"expected one of — {expected_fields()}")
+                reject(rejects, where, f"cannot tell the chat-data format of a row with fields {_fields(row)}; "
+                                       f"expected one of — {expected_fields()}")
+                continue
         try:
             conversations = to_messages(row, fmt)
         except (ValueError, TypeError, KeyError, AttributeError) as e:
-            fields = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
-            raise DataError(f"{where}: not a valid {fmt} row ({e}); fields found: [{fields}]; "
-                            f"expected {EXPECTED[fmt]}") from None
+            reject(rejects, where, f"not a valid {fmt} row ({e}); fields found: {_fields(row)}; "
+                                   f"expected {EXPECTED[fmt]}")
+            continue
         out += [{"messages": m} for m in conversations]
         if limit is not None and len(out) >= limit:
             return out[:limit]
-    if not out:
-        raise DataError(f"{path}: no conversations found")
+    _done(path, rejects, out, "conversations")
     return out
 
 
@@ -222,8 +261,8 @@ def _check(messages: list[dict]) -> list[dict]:
 # ---- preference pairs (reward model, DPO) ---------------------------------------------------------
 PREFERENCE_EXPECTED = {
     "explicit": "`prompt`, `chosen` and `rejected` (strings, or lists of messages)",
-    "implicit": "`chosen` and `rejected`: whole conversations (lists of messages) that differ in the last answer",
-    "hh": "`chosen` and `rejected`: '\\n\\nHuman: …\\n\\nAssistant: …' transcripts that differ in the last answer",
+    "implicit": "`chosen` and `rejected`: whole conversations (lists of messages) that share a prompt",
+    "hh": "`chosen` and `rejected`: '\\n\\nHuman: …\\n\\nAssistant: …' transcripts that share a prompt",
 }
 PREFERENCE_FORMATS = tuple(PREFERENCE_EXPECTED)
 
@@ -241,7 +280,8 @@ def detect_preference_format(row: dict) -> str | None:
 
 
 def to_preference(row: dict, data_format: str) -> dict:
-    """One row -> {"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}."""
+    """One row -> {"prompt": [messages], "chosen": [messages], "rejected": [messages]}: the prompt ends with a user
+    turn and each answer starts with an assistant turn (one turn, unless the transcripts part before the last)."""
     if data_format not in PREFERENCE_EXPECTED:
         raise ValueError(f"unknown preference format {data_format!r}; accepted: {', '.join(PREFERENCE_FORMATS)}")
     if not isinstance(row, dict):
@@ -268,33 +308,50 @@ def to_preference(row: dict, data_format: str) -> dict:
     for name, convo in (("chosen", chosen), ("rejected", rejected)):
         if len(convo) < 2 or convo[-1]["role"] != "assistant":
             raise ValueError(f"`{name}` must end with an assistant answer after at least one user turn")
-    if chosen[:-1] != rejected[:-1]:
-        raise ValueError("`chosen` and `rejected` must share every turn but the last answer")
-    return {"prompt": chosen[:-1], "chosen": chosen[-1:], "rejected": rejected[-1:]}
+    # The prompt is the longest prefix both share (TRL's extract_prompt), cut back to its last user turn; what
+    # follows is each side's answer: usually one assistant turn, several where the transcripts part earlier (the
+    # rest of each conversation is then the answer, as TRL keeps it).
+    shared = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+    while shared and chosen[shared - 1]["role"] != "user":
+        shared -= 1
+    if not shared:
+        raise ValueError("`chosen` and `rejected` share no user turn to be the prompt")
+    return {"prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
 
 
-def read_preferences(path: str | Path, data_format: str = "auto", limit: int | None = None) -> list[dict]:
+def answer_text(answer) -> str:
+    """The text shown for an answer: a string, one assistant message's content, or every turn of a longer one."""
+    if isinstance(answer, str):
+        return answer
+    if len(answer) == 1:
+        return answer[0]["content"]
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in answer)
+
+
+def read_preferences(path: str | Path, data_format: str = "auto", limit: int | None = None,
+                     rejects: Rejects | None = None) -> list[dict]:
     """Preference pairs {"prompt", "chosen", "rejected"} (conversational, explicit prompt) from a file or folder in
-    any of PREFERENCE_FORMATS (`auto`: detected from the first row)."""
+    any of PREFERENCE_FORMATS (`auto`: detected from the first row that matches one). A row that cannot be read
+    goes to `rejects`; without one, it stops the read."""
     if data_format != "auto" and data_format not in PREFERENCE_EXPECTED:
         raise DataError(f"data_format={data_format!r} is not a preference format llmkit reads; accepted: auto, "
                         f"{', '.join(PREFERENCE_FORMATS)}")
     fmt = None if data_format == "auto" else data_format
     out: list[dict] = []
-    for row, where in iter_records(path):
-        fields = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
+    for row, where in _rows(path, rejects):
         if fmt is None:
             fmt = detect_preference_format(row)
             if fmt is None:
-                raise DataError(f"{where}: cannot tell the preference format of a row with fields [{fields}]; "
-                                "expected one of — " + "; ".join(f"{k}: {v}" for k, v in PREFERENCE_EXPECTED.items()))
+                reject(rejects, where, f"cannot tell the preference format of a row with fields {_fields(row)}; "
+                       "expected one of — " + "; ".join(f"{k}: {v}" for k, v in PREFERENCE_EXPECTED.items()))
+                continue
         try:
             out.append(to_preference(row, fmt))
         except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise DataError(f"{where}: not a valid {fmt} preference row ({e}); fields found: [{fields}]; "
-                            f"expected {PREFERENCE_EXPECTED[fmt]}") from None
+            reject(rejects, where, f"not a valid {fmt} preference row ({e}); fields found: {_fields(row)}; "
+                                   f"expected {PREFERENCE_EXPECTED[fmt]}")
+            continue
         if limit is not None and len(out) >= limit:
             break
-    if not out:
-        raise DataError(f"{path}: no preference pairs found")
+    _done(path, rejects, out, "preference pairs")
     return out

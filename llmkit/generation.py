@@ -49,6 +49,33 @@ def chat_prompts(tokenizer, conversations: list) -> list[str]:
             for c in conversations]
 
 
+def fit_messages(tokenizer, conversations: list, room: int) -> tuple[list[list[dict]], int]:
+    """Conversations whose chat-template prompt fits `room` tokens, for trainers that take messages rather than
+    tokens (TRL's GRPO and RLOO): the oldest turns go first (a system message stays), then the oldest tokens of the
+    first turn left. Returns (the conversations as messages, how many were cut)."""
+    out, cut = [], 0
+    for conversation in conversations:
+        messages = as_messages(conversation)
+
+        def length(ms: list[dict]) -> int:
+            return len(tokenizer.apply_chat_template(ms, tokenize=True, add_generation_prompt=True,
+                                                     return_dict=True)["input_ids"])
+
+        if length(messages) > room:
+            cut += 1
+            system = messages[:1] if messages[0]["role"] == "system" else []
+            rest = messages[len(system):]
+            while len(rest) > 1 and length(system + rest) > room:
+                rest = rest[1:]
+            over = length(system + rest) - room
+            if over > 0:  # one turn, still too long: its oldest tokens go
+                ids = tokenizer(rest[0]["content"], add_special_tokens=False)["input_ids"]
+                rest = [{**rest[0], "content": tokenizer.decode(ids[over:])}, *rest[1:]]
+            messages = system + rest
+        out.append(messages)
+    return out, cut
+
+
 @dataclass
 class Generation:
     """A batch of answers, as the model produced them."""
@@ -61,20 +88,40 @@ class Generation:
     texts: list[str]  # the answers without special tokens
     ended: torch.Tensor  # (B,) bool: the answer stopped at EOS (else it ran out of tokens)
     eos_probability: list[float | None] | None = None  # with eos_probability=True: P(EOS) where each one ended
+    prompts_cut: int = 0  # prompts too long for the context beside the answer, cut from the left
+
+
+def context_length(model) -> int:
+    """How many tokens the model's positions reach (its config's max_position_embeddings or n_positions); `model`
+    may be the config itself."""
+    config = getattr(model, "config", model)
+    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048)
+
+
+def fit_to_context(prompt_ids: list[list[int]], max_new_tokens: int, context: int) -> tuple[list[list[int]], int, int]:
+    """(prompts, max new tokens, how many prompts were cut) such that no prompt and its answer pass the context:
+    the answer keeps at most half the context, and a prompt longer than the rest loses its oldest tokens (the
+    latest turns, which the answer follows, stay)."""
+    max_new_tokens = max(1, min(max_new_tokens, context // 2))
+    room = context - max_new_tokens
+    cut = sum(len(ids) > room for ids in prompt_ids)
+    return [ids[-room:] for ids in prompt_ids], max_new_tokens, cut
 
 
 def generate(model, tokenizer, conversations: list, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, do_sample: bool = True, use_cache: bool = True,
              eos_probability: bool = False) -> Generation:
-    """One answer per conversation, in one batch. `eos_probability`: also the model's probability of EOS at the
-    position where each answer ended (greedy answers can end where that is low; sampled ones then rarely stop
-    there) — it keeps every step's logits until the batch is done."""
+    """One answer per conversation, in one batch, never past the model's context (`fit_to_context`).
+    `eos_probability`: also the model's probability of EOS at the position where each answer ended (greedy
+    answers can end where that is low; sampled ones then rarely stop there) — it keeps every step's logits until
+    the batch is done."""
     import torch
 
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompt_ids = tokenizer(chat_prompts(tokenizer, conversations), add_special_tokens=False)["input_ids"]
+    prompt_ids, max_new_tokens, cut = fit_to_context(prompt_ids, max_new_tokens, context_length(model))
     with generation_mode(model, tokenizer) as device:
-        enc = tokenizer(chat_prompts(tokenizer, conversations), return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(device)
+        enc = tokenizer.pad({"input_ids": prompt_ids}, return_tensors="pt").to(device)  # left: generation_mode
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
                              temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
                              top_k=0 if do_sample else None, use_cache=use_cache, pad_token_id=pad,
@@ -94,7 +141,7 @@ def generate(model, tokenizer, conversations: list, max_new_tokens: int, tempera
         p_eos = [float(out.logits[int(t)][j].float().softmax(-1)[eos]) if e else None
                  for j, (t, e) in enumerate(zip(first_eos.tolist(), ended.tolist()))]
     return Generation(list(conversations), torch.cat([enc["input_ids"], answer], 1),
-                      torch.cat([enc["attention_mask"], mask.long()], 1), n_prompt, mask, texts, ended, p_eos)
+                      torch.cat([enc["attention_mask"], mask.long()], 1), n_prompt, mask, texts, ended, p_eos, cut)
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_prompt: int,
@@ -135,8 +182,10 @@ def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: i
     with generation_mode(model, tokenizer) as device:
         for i in range(0, len(prompts), batch_size):
             chunk = [((tokenizer.bos_token or "") if add_bos else "") + prefix + p for p in prompts[i:i + batch_size]]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+            ids, new_tokens, _ = fit_to_context(tokenizer(chunk, add_special_tokens=False)["input_ids"],
+                                                max_new_tokens, context_length(model))
+            enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
+            gen = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, temperature=None,
                                  top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id)
             out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -157,6 +206,7 @@ def stream(model, tokenizer, input_ids: list[int], max_new_tokens: int = 48, tem
         if top_p < 1.0:
             warpers.append(TopPLogitsWarper(float(top_p)))
     draws = torch.Generator().manual_seed(int(seed))
+    (input_ids,), max_new_tokens, _ = fit_to_context([list(input_ids)], int(max_new_tokens), context_length(model))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -73,7 +73,9 @@ def load_items(path: str | Path) -> list[Item]:
                 if fmt is None:
                     raise ValueError("neither {prompt, responses: [a, b]} nor a preference pair {prompt?, chosen, rejected}")
                 pair = to_preference(row, fmt)
-                item = make_item(pair["prompt"], [pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]],
+                if len(pair["chosen"]) != 1 or len(pair["rejected"]) != 1:
+                    raise ValueError("its answers run over several turns; an item compares two single answers")
+                item = make_item(pair["prompt"], [pair["chosen"][0]["content"], pair["rejected"][0]["content"]],
                                  {"dataset_preferred": 0})
         except (ValueError, TypeError, KeyError) as e:
             fields = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__

@@ -68,6 +68,40 @@ def bundled_path(name: str = "") -> Path:
 
 
 @dataclass
+class Rejects:
+    """The rows a reader could not use, each with where it is and why, beside how many rows it saw.
+
+    A few bad rows in a large file are no reason to stop: a stage keeps them in its folder's `rejected_rows.jsonl`
+    (`write`), counts them in metrics.json, and stops only when more than `max_fraction` of the rows are bad
+    (`check`, whose error names the first ones)."""
+
+    max_fraction: float = 0.01
+    rows: list[dict] = field(default_factory=list)
+    seen: int = 0  # rows read, used or not
+
+    def add(self, where: str, reason: str) -> None:
+        self.rows.append({"where": where, "reason": reason})
+
+    def check(self, source) -> None:
+        if self.rows and len(self.rows) > self.max_fraction * max(self.seen, 1):
+            first = "; ".join(f"{r['where']}: {r['reason']}" for r in self.rows[:3])
+            raise DataError(f"{source}: {len(self.rows)} of {self.seen} rows cannot be used "
+                            f"({len(self.rows) / max(self.seen, 1):.1%}, more than max_bad_rows={self.max_fraction:g});"
+                            f" the first: {first}")
+
+    def write(self, folder: str | Path) -> None:
+        if self.rows:
+            write_jsonl(Path(folder) / "rejected_rows.jsonl", self.rows)
+
+
+def reject(rejects: Rejects | None, where: str, reason: str) -> None:
+    """Set a row aside in `rejects`, or, without one, stop with the reason (the strict reading a direct call gets)."""
+    if rejects is None:
+        raise DataError(f"{where}: {reason}")
+    rejects.add(where, reason)
+
+
+@dataclass
 class ReadStats:
     files: int = 0
     records: int = 0
@@ -75,6 +109,7 @@ class ReadStats:
     records_with_replacements: int = 0
     skipped: dict = field(default_factory=dict)  # reason -> records left out (a WARC request, an empty page, …)
     text_field: str | None = None  # the column a csv/tsv file's text was taken from, when it was detected
+    rejects: Rejects | None = None  # where malformed rows go; None: the first one stops the read
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -175,10 +210,18 @@ def _jsonl(f, path: Path, stats: ReadStats, **_) -> Iterator[tuple[dict, str]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno})") from None
+            _bad(stats, f"{path}:{lineno}", f"malformed JSON line ({e.msg} at column {e.colno})")
+            continue
         if not isinstance(row, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, found {type(row).__name__}")
+            _bad(stats, f"{path}:{lineno}", f"expected a JSON object, found {type(row).__name__}")
+            continue
         yield row, f"{path}:{lineno}"
+
+
+def _bad(stats: ReadStats, where: str, reason: str) -> None:
+    if stats.rejects is not None:
+        stats.rejects.seen += 1
+    reject(stats.rejects, where, reason)
 
 
 def _json(f, path: Path, stats: ReadStats, **_) -> Iterator[tuple[dict, str]]:
@@ -238,7 +281,7 @@ def _csv(f, path: Path, stats: ReadStats, fmt: str = "csv", **_) -> Iterator[tup
         if not any(c.strip() for c in cells):
             continue
         if len(cells) != len(names):
-            stats.skip(f"{fmt} row with {len(cells)} cells, not {len(names)}")
+            _bad(stats, f"{path}:{line}", f"{len(cells)} cells where the first row has {len(names)}")
             continue
         if any("\ufffd" in c for c in cells):
             stats.records_with_replacements += 1
@@ -340,16 +383,20 @@ def _iter_saved_dataset(path: Path, stats: ReadStats) -> Iterator[tuple[dict, st
 
 # ---- documents -----------------------------------------------------------------------------------------
 def load_documents(path: str | Path, text_field: str | None = None, max_documents: int | None = None,
-                   text_chars: int = TEXT_CHARS, heading: str | None = None) -> tuple[list[dict], ReadStats]:
+                   text_chars: int = TEXT_CHARS, heading: str | None = None,
+                   rejects: Rejects | None = None) -> tuple[list[dict], ReadStats]:
     """Read a pretraining corpus into `{"id", "text", "url", "source"}` records.
 
     The text field is `text_field` if given, else the first of TEXT_FIELDS the first record has — or, for a
-    csv/tsv file without one, the column whose first value is longest (`stats.text_field` says which)."""
-    stats = ReadStats()
+    csv/tsv file without one, the column whose first value is longest (`stats.text_field` says which). A row
+    without it goes to `rejects` (None: the first one stops the read)."""
+    stats = ReadStats(rejects=rejects)
     docs: list[dict] = []
     seen_ids: set[str] = set()
     name = text_field
     for row, where in iter_records(path, stats, text_chars, heading):
+        if rejects is not None:
+            rejects.seen += 1
         if name is None:
             name = next((f for f in TEXT_FIELDS if f in row), None)
             if name is None and _is_table(where) and row:
@@ -361,10 +408,12 @@ def load_documents(path: str | Path, text_field: str | None = None, max_document
                     f"{', '.join(TEXT_FIELDS)} (or name one with text_field / --text-field)"
                 )
         if name not in row:
-            raise DataError(f"{where}: missing text field {name!r}; this record has fields {sorted(row)}")
+            reject(rejects, where, f"missing text field {name!r}; this record has fields {sorted(row)}")
+            continue
         text = row[name]
         if not isinstance(text, str):
-            raise DataError(f"{where}: field {name!r} must be a string, found {type(text).__name__}")
+            reject(rejects, where, f"field {name!r} must be a string, found {type(text).__name__}")
+            continue
         doc_id = str(row.get("id", f"doc-{len(docs):06d}"))
         if doc_id in seen_ids:  # ids name documents in the stage's records, so they must be unique
             doc_id = f"{doc_id}#{len(docs)}"
@@ -377,6 +426,8 @@ def load_documents(path: str | Path, text_field: str | None = None, max_document
         })
         if max_documents is not None and len(docs) >= max_documents:
             break
+    if rejects is not None:
+        rejects.check(path)
     return docs, stats
 
 

@@ -84,6 +84,15 @@ def build_model(depth: int, tokenizer, max_position_embeddings: int = 2048, seed
     return LlamaForCausalLM(config)
 
 
+def parameter_count(depth: int, vocab_size: int) -> int:
+    """The parameters of `build_model(depth, ...)` with a vocabulary of `vocab_size`, without building it: the
+    tied embedding, and per layer attention (4 w²), the SwiGLU MLP (3 · w · hidden) and two norms, and the final
+    norm."""
+    width = 64 * depth
+    hidden = 64 * round(8 / 3 * width / 64)
+    return vocab_size * width + depth * (4 * width * width + 3 * width * hidden + 2 * width) + width
+
+
 def parameter_counts(model) -> dict[str, int]:
     """Parameters by part: embedding (shared with the output head when tied), attention, MLP, norms."""
     parts = {"embedding": 0, "attention": 0, "mlp": 0, "norm": 0, "other": 0}

@@ -52,38 +52,46 @@ class Stage:
 # What the report and the stage's summary line show; the closed world's bars (DESIGN.md): the data stage has
 # none, pretraining must store the facts, SFT must activate them, the reward model must rank pairs, RL must
 # improve answers by the oracle without losing knowledge.
+REJECTED = Row("rows of your files set aside (rejected_rows.jsonl)", "rejected_rows", hide_zero=True)
 RL_ROWS = (Row("oracle win-rate vs SFT", "oracle_win_rate"), Row("KL to SFT per token", "eval_kl_per_token"),
            Row("held-out QA (SFT's)", "qa_heldout", beside="sft_qa_heldout", max_drop=0.05),
-           Row("oracle score of its answers (SFT's)", "eval_oracle_score", beside="eval_oracle_score_sft"))
+           Row("oracle score of its answers (SFT's)", "eval_oracle_score", beside="eval_oracle_score_sft"),
+           # what stays measurable without the closed world's oracle
+           Row("reward-model score (SFT's)", "eval_rm_score", beside="eval_rm_score_sft"),
+           Row("answer length in tokens (SFT's)", "eval_response_length", beside="eval_response_length_sft"),
+           Row("answers that ended their turn", "eval_eos_fraction"),
+           Row("prompts cut to fit the context", "prompts_cut", hide_zero=True), REJECTED)
 
 REGISTRY = (
     Stage("data", "clean, deduplicate and tokenize a corpus into packed blocks", data.DataConfig, data.config_for,
           data.run, data.PRESETS, "data", main_process_only=True,
           measurements={"data": (Row("documents kept", "documents_out"),
-                                 Row("bytes per token", "validation_bytes_per_token"))}),
+                                 Row("bytes per token", "validation_bytes_per_token"), REJECTED)}),
     Stage("pretrain", "train a language model on the data stage's blocks or on text", pretrain.PretrainConfig,
           pretrain.config_for, pretrain.run, pretrain.PRESETS, "base",
           measurements={"pretrain": (Row("base fact completion", "fact_completion", at_least=0.8),
-                                     Row("validation bits per byte", "val_bpb"), Row("MFU", "mfu"))}),
+                                     Row("validation bits per byte", "val_bpb"), Row("MFU", "mfu"),
+                                     Row("epochs over the training data", "epochs"),
+                                     Row("tokens seen per parameter", "tokens_per_parameter"))}),
     Stage("sft", "supervised fine-tuning (full or LoRA) on conversations", sft.SFTConfig, sft.config_for, sft.run,
           sft.PRESETS, "chat",
           measurements={"sft": (Row("held-out QA", "qa_heldout", at_least=0.6), Row("trained-entity QA", "qa_trained"),
                                 Row("base model's held-out QA", "base_qa_heldout", at_most=0.1),
-                                Row("eval loss", "eval_loss")),
+                                Row("eval loss", "eval_loss"), REJECTED),
                         "lora": (Row("held-out QA", "qa_heldout"),
                                  Row("trainable fraction", "trainable_fraction", at_most=0.05),
-                                 Row("eval loss", "eval_loss"))}),
+                                 Row("eval loss", "eval_loss"), REJECTED)}),
     Stage("reward", "train a reward model on preference pairs (and your labels)", reward.RewardConfig,
           reward.config_for, reward.run, reward.PRESETS, "reward",
           measurements={"reward": (Row("pairwise accuracy (eval split)", "eval_accuracy", at_least=0.9),
-                                   Row("agreement with the oracle, fresh SFT answers", "oracle_agreement"))}),
+                                   Row("agreement with the oracle, fresh SFT answers", "oracle_agreement"), REJECTED)}),
     Stage("ppo", "RLHF with llmkit's PPO against the reward model", ppo.PPOConfig, ppo.config_for, ppo.run,
           ppo.PRESETS, "chat", main_process_only=True,  # llmkit's own loop: no gradients synchronised across processes
           measurements={"ppo": (Row("oracle win-rate vs SFT", "oracle_win_rate", at_least=0.65), *RL_ROWS[1:3],
                                 Row("trained QA (SFT's)", "qa_trained", beside="sft_qa_trained", max_drop=0.05),
                                 Row("rude or rambling answers (SFT's)", "eval_habit_rate", beside="eval_habit_rate_sft"),
                                 # the win-rate is relative: the better the SFT model, the less there is to win
-                                RL_ROWS[3])}),
+                                *RL_ROWS[3:])}),
     *(Stage(method, f"{method.upper()} through TRL, evaluated like PPO", trl_methods.MethodConfig,
             functools.partial(trl_methods.config_for, method), trl_methods.run, trl_methods.PRESETS, "chat",
             measurements={method: RL_ROWS}, in_default_pipeline=False,
@@ -143,21 +151,64 @@ def run_pipeline(run_dir: str | Path = "runs/demo", preset: str = "tiny", stages
             if not result.reused:
                 print(stage_summary(name, result), flush=True)
     if main:
+        side_by_side(run_dir)
         print(f"report: {write_report(run_dir, timings)}")
     return results
 
 
 def stage_summary(name: str, result: StageResult) -> str:
-    """What a finished stage prints: its report (the data stage writes one), then its measurements on one line."""
+    """What a finished stage prints: its report (the data stage writes one), its measurements on one line, and
+    its warnings."""
     rows = stage(name).measurements.get(result.stage, ())
     text = "  " + report.summary(rows, result.metrics)
+    text += "".join(f"\n  warning: {w}" for w in result.metrics.get("warnings", []))
     own = Path(result.output_dir) / "report.md"
     return (own.read_text(encoding="utf-8") + text) if own.exists() else text
 
 
 def write_report(run_dir: str | Path, timings: dict[str, float | None] | None = None) -> Path:
-    """RUN_DIR/report.md from the finished stages' metrics.json; `timings`: folder -> seconds this run (None: reused)."""
+    """RUN_DIR/report.md from the finished stages' metrics.json and RUN_DIR/side_by_side.jsonl; `timings`:
+    folder -> seconds this run (None: reused)."""
+    from llmkit.loaders import read_jsonl
+
     sections = [(folder, rows) for s in REGISTRY for folder, rows in s.measurements.items()]
     pretrained = runs.stage_dir(run_dir, "pretrain")
     peak = runs.read_metrics(pretrained).get("peak_flops") if runs.finished(pretrained) else None
-    return report.write_report(run_dir, sections, timings, peak)
+    answers = Path(run_dir) / SIDE_BY_SIDE
+    return report.write_report(run_dir, sections, timings, peak, read_jsonl(answers) if answers.exists() else [])
+
+
+SIDE_BY_SIDE = "side_by_side.jsonl"
+
+
+def side_by_side(run_dir: str | Path, n_prompts: int = 5, max_new_tokens: int = 48) -> list[dict]:
+    """Every finished model of the run answers the same few prompts (greedy): what the report shows even where no
+    oracle can judge. The prompts are those the SFT stage evaluated on (your eval data, or the first
+    conversations of your training data), else the bundled held-out RL prompts. Written to
+    RUN_DIR/side_by_side.jsonl: {"prompt", "answers": {folder: text}}."""
+    from transformers import AutoTokenizer
+
+    from llmkit.formats import prompt_text, read_prompts
+    from llmkit.generation import chat_generate, greedy_continuations
+    from llmkit.loaders import bundled_path, write_jsonl
+    from llmkit.model import load_causal_lm
+
+    run_dir = Path(run_dir)
+    folders = [f for f in model_folders() if runs.finished(run_dir / f)]
+    if not folders:
+        return []
+    sft_config = runs.read_stage_config(run_dir / "sft") or {}
+    source = sft_config.get("eval_data") or sft_config.get("train_data") or bundled_path("rl_prompts_eval.jsonl")
+    prompts = read_prompts(source)[:n_prompts]
+    rows = [{"prompt": prompt_text(p), "answers": {}} for p in prompts]
+    for folder in folders:
+        tokenizer = AutoTokenizer.from_pretrained(run_dir / folder, local_files_only=True)
+        model = load_causal_lm(run_dir / folder)
+        if folder in model_folders(("base",)):  # a base model continues text: it gets the prompt as text
+            texts = greedy_continuations(model, tokenizer, [r["prompt"] + "\n" for r in rows], max_new_tokens)
+        else:
+            texts = [a["text"] for a in chat_generate(model, tokenizer, prompts, max_new_tokens)]
+        for row, text in zip(rows, texts):
+            row["answers"][folder] = text.strip()
+    write_jsonl(run_dir / SIDE_BY_SIDE, rows)
+    return rows

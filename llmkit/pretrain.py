@@ -22,6 +22,7 @@ resumed run sees exactly the batches an uninterrupted one would have. The finish
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -72,6 +73,8 @@ class PretrainConfig(StageConfig):
     eval_every: int = option(100, "steps between validation measurements")
     eval_sequences: int = option(64, "validation rows per measurement")
     save_every: int = option(100, "steps between checkpoints (an interrupted run resumes from the last)")
+    early_stopping: int | None = option(3, "when the validation loss has risen for this many evaluations in a row, "
+                                           "stop and keep the weights of the best one (none: train every step)")
     sample_prompts: list[str] = option(default_factory=list, help="prompts to sample continuations of at the end "
                                                                    "(default: a few closed-world or corpus prompts)")
     closed_world: bool | None = option(None, "measure fact completion on the closed world (default: when the data "
@@ -105,6 +108,7 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
+    from safetensors.torch import load_model, save_model
 
     from llmkit.generation import greedy_continuations
     from llmkit.training import precision
@@ -150,7 +154,7 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
         optimizers, schedulers = prepared[:len(optimizers)], prepared[len(optimizers):]
 
         checkpoints = work / "checkpoints"
-        start_step, elapsed = resume_from(checkpoints, accelerator)
+        start_step, elapsed, watch = resume_from(checkpoints, accelerator)
         log = runs.LogWriter(work / "log.jsonl", callbacks)
         log.keep_until(start_step)  # forget what came after the checkpoint
         runs.keep_log_until(work / "ranks" / f"rank{accelerator.process_index}.jsonl", start_step)
@@ -199,11 +203,16 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
                 record.update(val_loss=val_loss, val_bpb=val_loss / (math.log(2) * bytes_per_token))
                 log.write(record)
                 bar.set_postfix(loss=f"{train_loss:.3f}", val_bpb=f"{record['val_bpb']:.3f}", tok_s=f"{tps:.0f}")
+                if watch.update(done, val_loss) and config.early_stopping and accelerator.is_main_process:
+                    save_model(accelerator.unwrap_model(model), str(work / BEST))  # the weights to fall back on
                 window_start, window_tokens = time.perf_counter(), 0
-            if done % config.save_every == 0 or done == config.max_steps:
+            stop = bool(config.early_stopping) and watch.worse >= config.early_stopping
+            if done % config.save_every == 0 or done == config.max_steps or stop:
                 saving = time.perf_counter()
-                save_checkpoint(checkpoints, done, elapsed, accelerator)
+                save_checkpoint(checkpoints, done, elapsed, accelerator, watch)
                 window_start += time.perf_counter() - saving  # saving is not training time
+            if stop:  # the validation loss rose `early_stopping` evaluations in a row: the model memorises
+                break
         bar.close()
 
         accelerator.wait_for_everyone()
@@ -212,11 +221,16 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
         if accelerator.is_main_process:
             model = accelerator.unwrap_model(model)
             model.eval()
-            samples = [{"prompt": p, "continuation": c}
-                       for p, c in zip(prompts, greedy_continuations(model, tokenizer, prompts, max_new_tokens=24))]
-            log.write({"step": config.max_steps, "samples": samples})
+            fell_back = watch.worse > 0 and (work / BEST).exists()
+            if fell_back:
+                load_model(model, str(work / BEST))
             metrics = _final_metrics(work / "log.jsonl", model, seq_len, n_flops, peak)
             metrics.update(learning_rate=lr, weight_decay=weight_decay, batch_size=batch, optimizer=optimizer_name)
+            metrics.update(data_guardrails(metrics, watch, blocks.numel(), bytes_per_token, fell_back, preset,
+                                           len(tokenizer)))
+            samples = [{"prompt": p, "continuation": c}
+                       for p, c in zip(prompts, greedy_continuations(model, tokenizer, prompts, max_new_tokens=24))]
+            log.write({"step": metrics["steps"], "samples": samples})
             metrics["samples"] = samples
             if closed_world:
                 from llmkit.evaluate import fact_completion
@@ -228,6 +242,7 @@ def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, pr
                 metrics["fact_completion_examples"] = fc["examples"]
             getattr(model, "_orig_mod", model).save_pretrained(work, safe_serialization=True)
             tokenizer.save_pretrained(work)
+            (work / BEST).unlink(missing_ok=True)
             save_curves(work)
             if not config.keep_checkpoints:
                 shutil.rmtree(checkpoints, ignore_errors=True)
@@ -257,6 +272,56 @@ def rank_log(work: Path, rank: int, record: dict) -> None:
     folder.mkdir(exist_ok=True)
     with open(folder / f"rank{rank}.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+# ---- watching the validation loss, and what the data can support -----------------------------------
+BEST = "best.safetensors"  # the weights of the best validation loss so far, in the work folder while training
+
+
+@dataclass
+class ValidationWatch:
+    """The best validation loss so far and its step, and how many evaluations in a row have been worse since."""
+
+    best: float = math.inf
+    best_step: int = 0
+    worse: int = 0
+
+    def update(self, step: int, loss: float) -> bool:
+        """Take one evaluation; True when it is the best so far."""
+        if loss < self.best:
+            self.best, self.best_step, self.worse = loss, step, 0
+            return True
+        self.worse += 1
+        return False
+
+
+def data_guardrails(metrics: dict, watch: ValidationWatch, train_tokens: int, bytes_per_token: float,
+                    fell_back: bool, preset, vocab_size: int) -> dict:
+    """Tokens per parameter and epochs over the data, the best validation step, and warnings: when the validation
+    loss rose (the model memorised its data; the best step's weights are the ones kept) and when the data is far
+    too small for the model (with the depth that would suit it)."""
+    from llmkit.model import parameter_count
+
+    params = metrics["parameters"]["total"]
+    epochs = metrics["tokens"] / max(train_tokens, 1)
+    out = {"train_tokens": train_tokens, "epochs": epochs, "tokens_per_parameter": metrics["tokens"] / params,
+           "best_step": watch.best_step, "warnings": []}
+    if fell_back:
+        out.update(final_val_loss=metrics["val_loss"], final_val_bpb=metrics["val_bpb"], val_loss=watch.best,
+                   val_bpb=watch.best / (math.log(2) * bytes_per_token))
+        out["warnings"].append(
+            f"the validation loss rose after step {watch.best_step} ({watch.best:.3f} there, "
+            f"{metrics['val_loss']:.3f} at step {metrics['steps']}): the model memorised its training data from "
+            f"there on; the weights kept are step {watch.best_step}'s")
+    if epochs > 30 or fell_back:
+        fits = [d for d in range(preset.depth - 1, 0, -1) if parameter_count(d, vocab_size) <= train_tokens]
+        advice = (f"depth {fits[0]} ({parameter_count(fits[0], vocab_size) / 1e6:.2f} M parameters) would suit it"
+                  if fits else f"even depth 1 has {parameter_count(1, vocab_size) / 1e6:.2f} M parameters: it "
+                  "needs more text")
+        out["warnings"].append(
+            f"the training data is small for this model: {train_tokens:,} tokens for {params / 1e6:.2f} M parameters, "
+            f"each token seen {epochs:.0f} times; {advice}")
+    return out
 
 
 # ---- the schedule and the data order --------------------------------------------------------------
@@ -448,7 +513,7 @@ def evaluate_loss(model, val: torch.Tensor, micro: int, accelerator, max_sequenc
     return (accelerator.reduce(total, "sum") / accelerator.reduce(count, "sum").clamp(min=1)).item()
 
 
-def save_checkpoint(checkpoints: Path, step: int, elapsed: float, accelerator) -> None:
+def save_checkpoint(checkpoints: Path, step: int, elapsed: float, accelerator, watch: ValidationWatch) -> None:
     """accelerate's full state plus the step, written to a temporary folder and renamed into place, so a
     crash while saving never leaves a half-written checkpoint where resume would look."""
     target = checkpoints / f"step-{step:07d}"
@@ -465,18 +530,20 @@ def save_checkpoint(checkpoints: Path, step: int, elapsed: float, accelerator) -
     finally:
         shared_tensor_warning.setLevel(level)
     if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "elapsed_s": elapsed}))
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "elapsed_s": elapsed,
+                                                            "watch": dataclasses.asdict(watch)}))
         os.replace(tmp, target) if not target.exists() else (shutil.rmtree(target), os.replace(tmp, target))
         for old in sorted(checkpoints.glob("step-*"))[:-1]:  # keep the newest only
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
 
-def resume_from(checkpoints: Path, accelerator) -> tuple[int, float]:
-    """(step, elapsed seconds) of the newest checkpoint, loaded into the prepared objects; (0, 0) if none."""
+def resume_from(checkpoints: Path, accelerator) -> tuple[int, float, ValidationWatch]:
+    """(step, elapsed seconds, the validation watch) of the newest checkpoint, loaded into the prepared objects;
+    a fresh start if there is none."""
     found = sorted(checkpoints.glob("step-*")) if checkpoints.exists() else []
     if not found:
-        return 0, 0.0
+        return 0, 0.0, ValidationWatch()
     latest = found[-1]
     try:
         state = json.loads((latest / "trainer_state.json").read_text())
@@ -487,7 +554,7 @@ def resume_from(checkpoints: Path, accelerator) -> tuple[int, float]:
             "changed. Delete that folder to resume from an earlier one, or pass overwrite=True (--overwrite) "
             "to start again"
         ) from e
-    return int(state["step"]), float(state.get("elapsed_s", 0.0))
+    return int(state["step"]), float(state.get("elapsed_s", 0.0)), ValidationWatch(**state.get("watch", {}))
 
 
 def _default_prompts(closed_world: bool, tokenizer, val: torch.Tensor) -> list[str]:

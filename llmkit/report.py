@@ -1,5 +1,7 @@
-"""A run's report, RUN_DIR/report.md: each finished stage's measurements, the bar each must meet, its verdict
-and its curves — and the same measurements as the one line a stage prints when it finishes.
+"""A run's report, RUN_DIR/report.md: each finished stage's measurements, the bar each must meet, its verdict,
+the warnings a stage left in its metrics.json (`"warnings": [...]`: a corpus far too small for the model, answers
+that ran out of tokens) and its curves — and the same measurements as the one line a stage prints when it
+finishes.
 
 What each stage reports is declared once, as `Row`s in the pipeline's registry (`llmkit.pipeline`); this module
 only reads the stage folders' metrics.json against them, so a report can be rewritten at any time.
@@ -7,6 +9,8 @@ only reads the stage folders' metrics.json against them, so a report can be rewr
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +23,8 @@ class Row:
 
     `at_least` / `at_most`: a fixed bar. `beside`: the key of another value to show in parentheses (the SFT
     model's, for an RL stage). `max_drop`: the value may fall at most this far below `beside`'s — RL must not
-    lose what SFT knew; answering more questions right than SFT is no failure."""
+    lose what SFT knew; answering more questions right than SFT is no failure. `hide_zero`: a count shown only
+    when there is something to count."""
 
     label: str
     key: str
@@ -27,6 +32,7 @@ class Row:
     at_most: float | None = None
     beside: str | None = None
     max_drop: float | None = None
+    hide_zero: bool = False
 
     def verdict(self, metrics: dict) -> str:
         """"met", "**not met**", or "" where the row has no bar."""
@@ -51,7 +57,7 @@ class Row:
     def value(self, metrics: dict) -> str | None:
         """The value as shown (with the `beside` value in parentheses), or None where the stage did not measure it."""
         value = metrics.get(self.key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or (self.hide_zero and not value):
             return None
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
         if self.beside in metrics:
@@ -71,20 +77,23 @@ def summary(rows: tuple[Row, ...], metrics: dict) -> str:
 
 
 def write_report(run_dir: str | Path, sections: list[tuple[str, tuple[Row, ...]]],
-                 timings: dict[str, float | None] | None = None, peak_flops: float | None = None) -> Path:
+                 timings: dict[str, float | None] | None = None, peak_flops: float | None = None,
+                 answers: list[dict] = ()) -> Path:
     """Write RUN_DIR/report.md: a table row per measurement of each finished folder in `sections` (folder name,
     its rows), its curves, and the wall time of the stages run this time. `timings`: folder -> seconds this run
-    (None: reused). `peak_flops`: the machine's measured matmul peak, beside the wall time."""
+    (None: reused). `peak_flops`: the machine's measured matmul peak, beside the wall time. `answers`: rows
+    {"prompt", "answers": {folder: text}}, shown side by side."""
     run_dir = Path(run_dir)
     timings = timings or {}
     lines = [f"# llmkit run report: {run_dir}", "",
              "| stage | measurement | value | bar | verdict | wall time this run |", "|---|---|---:|---|---|---:|"]
-    plots = []
+    plots, warnings = [], []
     for folder_name, rows in sections:
         folder = runs.stage_dir(run_dir, folder_name)
         if not runs.finished(folder):
             continue
         metrics = runs.read_metrics(folder)
+        warnings += [f"- {folder_name}: {w}" for w in metrics.get("warnings", [])]
         t = timings.get(folder_name, "n/a")
         took = "reused" if t is None else (f"{t:.0f} s" if isinstance(t, float) else t)
         first = True
@@ -98,10 +107,28 @@ def write_report(run_dir: str | Path, sections: list[tuple[str, tuple[Row, ...]]
         if (folder / "curves.png").exists():
             plots.append(f"### {folder_name}\n\n![{folder_name} curves]({folder_name}/curves.png)\n")
     lines += _timing_note(timings, peak_flops)
+    lines += ["", "## Warnings", "", *warnings] if warnings else []
+    lines += _side_by_side(answers)
     lines += ["", "## Curves", "", *plots]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _side_by_side(answers: list[dict]) -> list[str]:
+    """Each prompt and every model's answer, as a table: text only (Markdown and HTML escaped, lines joined)."""
+    if not answers:
+        return []
+    folders = list(answers[0]["answers"])
+
+    def cell(text: str) -> str:  # model text read as text: no link, image or HTML of its own makes it into a viewer
+        text = re.sub(r"([\\`*_\[\]()!|#~])", r"\\\1", html.escape(" ".join(text.split())))
+        return text or "(nothing)"
+
+    lines = ["", "## The same prompts, every model", "", "| prompt | " + " | ".join(folders) + " |",
+             "|---|" + "---|" * len(folders)]
+    return lines + [f"| {cell(r['prompt'])} | " + " | ".join(cell(r["answers"].get(f, "")) for f in folders) + " |"
+                    for r in answers]
 
 
 def _timing_note(timings: dict, peak: float | None) -> list[str]:

@@ -44,9 +44,9 @@ class RewardModel:
         return cls(model.to(device).eval(), tokenizer)
 
     @torch.no_grad()
-    def score(self, prompts: list, responses: list[str], batch_size: int = 64) -> list[float]:
-        """Reward of each response to its prompt (a user-message string or a list of messages), rendered with the
-        chat template exactly as in training."""
+    def score(self, prompts: list, responses: list, batch_size: int = 64) -> list[float]:
+        """Reward of each response (its text, or its messages) to its prompt (a user-message string or a list of
+        messages), rendered with the chat template exactly as in training."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         ids = [render(self.tokenizer, p, r) for p, r in zip(prompts, responses)]
@@ -228,10 +228,12 @@ def explain(rm: RewardModel, prompt, response: str) -> dict:
     return {"head": head[0].item(), "tokens": tokens, "score": head[0].item() + sum(t["reward"] for t in tokens)}
 
 
-def render(tokenizer, prompt, response: str) -> list[int]:
-    """Token ids of prompt + response through the chat template, as TRL's RewardTrainer tokenizes a pair."""
-    return list(tokenizer.apply_chat_template(as_messages(prompt) + [{"role": "assistant", "content": response}],
-                                              tokenize=True, return_dict=True)["input_ids"])
+def render(tokenizer, prompt, response) -> list[int]:
+    """Token ids of prompt + response through the chat template, as TRL's RewardTrainer tokenizes a pair. A
+    response is the answer's text, or its messages (an answer that runs over several turns)."""
+    answer = [{"role": "assistant", "content": response}] if isinstance(response, str) else list(response)
+    return list(tokenizer.apply_chat_template(as_messages(prompt) + answer, tokenize=True,
+                                              return_dict=True)["input_ids"])
 
 
 def score(prompts: list, responses: list[str], model: str | Path | RewardModel) -> list[float]:

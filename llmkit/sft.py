@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from llmkit import runs
-from llmkit.config import StageConfig, configure, option
+from llmkit.config import MAX_BAD_ROWS_HELP, StageConfig, configure, option
 from llmkit.curves import save_curves
 from llmkit.formats import FORMATS, read_conversations
-from llmkit.loaders import DataError, bundled_path
+from llmkit.loaders import DataError, Rejects, bundled_path
 
 
 @dataclass
@@ -45,6 +45,7 @@ class SFTConfig(StageConfig):
     data_format: str = option("auto", "format of the data (auto: detected from the first row)",
                               choices=("auto", *FORMATS))
     max_examples: int | None = option(None, "train on the first N conversations only (the LIMA experiment)")
+    max_bad_rows: float = option(0.01, MAX_BAD_ROWS_HELP)
     epochs: float | None = option(None, "passes over the conversations (default: 3, or 10 with LoRA)")
     max_steps: int = option(-1, "optimizer steps; > 0 overrides epochs")
     learning_rate: float = option(1e-3, "peak learning rate of full fine-tuning")
@@ -114,8 +115,10 @@ def run(config: SFTConfig, run_dir: str | Path, overwrite: bool = False, progres
                              f"run pretraining first (llmkit pretrain --run-dir {run_dir}) or pass base_model / "
                              "--base-model")
     tokenizer, model = load_base(base)  # bad input (no model, no chat template, bad rows) writes nothing
-    train_rows, eval_rows = load_conversations(config)
+    rejects = Rejects(config.max_bad_rows)
+    train_rows, eval_rows = load_conversations(config, rejects)
     with out:
+        rejects.write(out.work)
         log = runs.LogWriter(out.work / "log.jsonl", callbacks)
         unseen = (unseen_token_ids(base, tokenizer, answer_token_ids(tokenizer, train_rows))
                   if config.train_unseen_tokens else [])
@@ -139,6 +142,7 @@ def run(config: SFTConfig, run_dir: str | Path, overwrite: bool = False, progres
             "eval_examples": len(eval_rows), "steps": trainer.state.global_step, "train_seconds": train_seconds,
             "trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total,
             "unseen_token_rows_trained": len(unseen), "eval_loss": final_eval.get("eval_loss"),
+            "rejected_rows": len(rejects.rows),
             "learning_rate": learning_rate(config), "packing": packing(config),
             # what training holds besides activations: fp32 weights, gradients and two AdamW moments per trained weight
             "weights_grads_optimizer_mb": (total + 3 * trainable) * 4 / 2**20,
@@ -274,16 +278,17 @@ def load_base(base: Path):
     return load_chat_tokenizer(base), load_causal_lm(base)
 
 
-def load_conversations(config: SFTConfig) -> tuple[list[dict], list[dict]]:
-    """(train, eval) rows {"messages": [...]} in TRL's conversational format."""
+def load_conversations(config: SFTConfig, rejects: Rejects | None = None) -> tuple[list[dict], list[dict]]:
+    """(train, eval) rows {"messages": [...]} in TRL's conversational format; rows of the user's files that
+    cannot be read go to `rejects` (None: the first one stops the read)."""
     if config.train_data is None:
         train = read_conversations(bundled_path("sft_train.jsonl"), "messages")
-        evals = (read_conversations(config.eval_data, config.data_format) if config.eval_data
+        evals = (read_conversations(config.eval_data, config.data_format, rejects=rejects) if config.eval_data
                  else read_conversations(bundled_path("sft_eval.jsonl"), "messages"))
     else:
-        train = read_conversations(config.train_data, config.data_format)
+        train = read_conversations(config.train_data, config.data_format, rejects=rejects)
         if config.eval_data:
-            evals = read_conversations(config.eval_data, config.data_format)
+            evals = read_conversations(config.eval_data, config.data_format, rejects=rejects)
         else:
             n_eval = max(1, len(train) // 20) if len(train) > 1 else 0
             train, evals = train[n_eval:], train[:n_eval] or train[:1]

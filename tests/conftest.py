@@ -65,3 +65,43 @@ def smoke_pipeline(llmkit_command, tmp_path_factory):
     (the folder, the completed process)."""
     folder = tmp_path_factory.mktemp("smoke_pipeline")
     return folder, llmkit_command("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=folder)
+
+
+WORDS = {  # slots of a narrative sentence; random fillings make text that no web rule objects to but its lines
+    "det": ("the", "a", "that", "one", "her", "his", "their", "every", "our", "this"),
+    "adj": ("old", "quiet", "narrow", "golden", "distant", "patient", "restless", "grey", "crooked", "bright",
+            "heavy", "gentle", "silent", "early", "broken"),
+    "noun": ("miller", "river", "bridge", "orchard", "lantern", "letter", "harvest", "chapel", "market", "meadow",
+             "cottage", "widow", "blacksmith", "schoolmaster", "carriage", "storm", "garden", "window", "road",
+             "winter", "sister", "stranger", "ferry", "kitchen", "doctor"),
+    "verb": ("walked past", "looked across", "waited beside", "spoke of", "remembered", "returned to", "watched",
+             "passed beneath", "thought about", "turned toward", "carried", "found", "mended", "followed", "left"),
+    "conj": ("while", "and", "because", "although", "until", "before", "after", "since"),
+    "who": ("she", "he", "they", "nobody", "the children", "his brother", "the priest", "everyone"),
+    "adv": ("slowly", "at last", "without a word", "once more", "in silence", "before dawn", "all evening",
+            "with care", "again", "for a while"),
+}
+
+
+def _novel(chapters: int, seed: int = 0) -> list[list[str]]:
+    """Chapters of paragraphs of plain narrative prose: long sentences with commas, as in a novel."""
+    import random
+
+    rng = random.Random(seed)
+
+    def w(slot: str) -> str:
+        return rng.choice(WORDS[slot])
+
+    def sentence() -> str:
+        return (f"{w('det').capitalize()} {w('adj')} {w('noun')} {w('verb')} {w('det')} {w('adj')} {w('noun')}, "
+                f"{w('conj')} {w('who')} {w('verb')} {w('det')} {w('noun')} {w('adv')}, {w('conj')} {w('who')} "
+                f"{w('verb')} {w('det')} {w('adj')} {w('noun')} {w('adv')}.")
+
+    return [[" ".join(sentence() for _ in range(8)) for _ in range(4)] for _ in range(chapters)]
+
+
+@pytest.fixture(scope="session")
+def novel():
+    """novel(chapters, seed=0): chapters of paragraphs of generated narrative prose (long sentences with commas,
+    as in a book), which every web rule but the line rules lets through."""
+    return _novel

@@ -143,7 +143,7 @@ def test_pipeline_options_reach_each_stages_config(monkeypatch, tmp_path):
     monkeypatch.setattr(pipeline, "run_pipeline", lambda *a, **k: seen.update(args=a, kwargs=k))
     argv = ["pipeline", "--run-dir", str(tmp_path), "--preset", "smoke", "--stages", "sft,ppo", "--sft.lora",
             "--sft.learning-rate", "1e-4", "--sft.lora-target-modules", "q_proj", "v_proj", "--ppo.beta", "0.2",
-            "--ppo.qa-limit", "none", "--no-ppo.closed-world"]
+            "--ppo.qa-limit", "none", "--ppo.no-closed-world"]
     assert main(argv) == 0
     run_dir, preset, stages, overrides, overwrite = seen["args"]
     assert (preset, stages, overwrite) == ("smoke", ["sft", "ppo"], False)

@@ -210,3 +210,32 @@ def test_a_warc_crawl_goes_through_the_stage(tmp_path):
     assert all(d["url"].startswith("https://example.org/") for d in kept)
     assert not any("Privacy" in d["text"] or "Shop" in d["text"] for d in kept)  # navigation and footer left out
     assert "warc request record (120)" in (result.output_dir / "report.md").read_text()
+
+
+def test_prose_profile_keeps_the_hard_wrapped_book_that_web_rules_remove(tmp_path, novel):
+    """A plain-text book (chapters of hard-wrapped lines, as Project Gutenberg ships them) fails FineWeb's line
+    rules; the web profile says so, with the switch that relaxes it, and the prose profile keeps the book."""
+    import textwrap
+
+    chapters = []
+    for k, paragraphs in enumerate(novel(30)):
+        wrapped = k % 3 != 0  # two chapters in three hard-wrapped at 66 characters, the third one line a paragraph
+        body = "\n\n".join(textwrap.fill(p, 66) if wrapped else p for p in paragraphs)
+        chapters.append(f"CHAPTER {k + 1}\n\n{body}")
+    book = tmp_path / "novel.txt"
+    book.write_text("\n\n".join(chapters) + "\n", encoding="utf-8")
+    common = dict(corpus=str(book), text_heading=r"^CHAPTER ", vocab_size=512, block_size=64)
+    web = data.run(DataConfig(**common), tmp_path / "web", progress=False)
+    assert web.metrics["documents_in"] == 30 and web.metrics["documents_out"] == 10  # the unwrapped chapters
+    warning = next(w for w in web.metrics["warnings"] if w.startswith("fineweb removed"))
+    assert "line_punct_ratio" in warning and "--data.profile prose" in warning and "--data.no-fineweb" in warning
+    assert "--no-fineweb" in warning
+    report = (web.output_dir / "report.md").read_text()
+    assert "**Most of what reached fineweb was removed.**" in report and "(line_punct_ratio)" in report
+    prose = data.run(DataConfig(**common, profile="prose"), tmp_path / "prose", progress=False)
+    assert prose.metrics["documents_out"] == 30 and not prose.metrics["warnings"]
+    assert prose.metrics["rules"]["unwrap"]["changed"] == 20  # the wrapped chapters, joined into paragraphs
+    kept = read_jsonl(prose.output_dir / "documents.jsonl")
+    assert max(d["text"].count("\n") for d in kept) <= 10  # a line a paragraph now
+    none = data.run(DataConfig(**common, profile="none"), tmp_path / "none", progress=False)
+    assert none.metrics["documents_out"] == 30 and "fineweb" not in none.metrics["rules"]

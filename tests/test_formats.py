@@ -109,3 +109,97 @@ def test_conversation_must_end_with_assistant(tmp_path):
     path = write(tmp_path, [{"messages": [{"role": "user", "content": "hi"}]}])
     with pytest.raises(DataError, match="assistant"):
         read_conversations(path)
+
+
+# ---- messy rows: set aside with where and why, counted, fatal only above a share -------------------------------
+def _jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_a_few_bad_rows_are_set_aside_and_too_many_stop_the_read(tmp_path):
+    from llmkit.loaders import Rejects
+
+    good = [{"instruction": f"Say {i}.", "output": f"{i}"} for i in range(300)]
+    path = _jsonl(tmp_path / "chats.jsonl", [*good[:100], "{not json", *good[100:200], {"q": "x"}, *good[200:]])
+    rejects = Rejects(max_fraction=0.01)
+    rows = read_conversations(path, rejects=rejects)
+    assert len(rows) == 300 and rejects.seen == 302
+    assert [r["where"] for r in rejects.rows] == [f"{path}:101", f"{path}:202"]
+    assert "malformed JSON line" in rejects.rows[0]["reason"] and "fields found: [q]" in rejects.rows[1]["reason"]
+    rejects.write(tmp_path)
+    assert [json.loads(x)["where"] for x in (tmp_path / "rejected_rows.jsonl").read_text().splitlines()] == \
+        [f"{path}:101", f"{path}:202"]
+    with pytest.raises(DataError, match=r"2 of 302 rows cannot be used \(0\.7%, more than max_bad_rows=0\.001\); "
+                                        rf"the first: {path}:101: malformed JSON line"):
+        read_conversations(path, rejects=Rejects(max_fraction=0.001))
+    with pytest.raises(DataError, match=rf"{path}:101: malformed JSON line"):  # a direct call reads strictly
+        read_conversations(path)
+
+
+def test_hh_pairs_keep_their_longest_shared_prompt_and_pairs_without_one_are_set_aside(tmp_path):
+    """As TRL's prompt extraction: the prompt is what both transcripts share (up to a user turn), each answer the
+    rest — one turn usually, several where the transcripts part earlier. A pair that shares no user turn has no
+    prompt: it is set aside with the reason."""
+    from llmkit.formats import read_preferences
+    from llmkit.loaders import Rejects
+
+    def hh(*turns):
+        return "".join(f"\n\n{'Human' if k % 2 == 0 else 'Assistant'}: {t}" for k, t in enumerate(turns))
+
+    rows = [{"chosen": hh("Hi", "Hello", f"Where is town {i}?", "North."),
+             "rejected": hh("Hi", "Hello", f"Where is town {i}?", "Ugh.")} for i in range(150)]
+    rows.append({"chosen": hh("Hi", "Hello!", "Where?", "North."), "rejected": hh("Hi", "Hey.", "Where?", "South.")})
+    rows.append({"chosen": hh("Hi", "Hello!"), "rejected": hh("Bye", "Bye.")})
+    rejects = Rejects()
+    pairs = read_preferences(_jsonl(tmp_path / "hh.jsonl", rows), rejects=rejects)
+    assert len(pairs) == 151 and pairs[0]["prompt"][-1]["content"] == "Where is town 0?"
+    assert pairs[0]["chosen"] == [{"role": "assistant", "content": "North."}]
+    parted = pairs[150]
+    assert parted["prompt"] == [{"role": "user", "content": "Hi"}]
+    assert [m["content"] for m in parted["chosen"]] == ["Hello!", "Where?", "North."]
+    assert [m["content"] for m in parted["rejected"]] == ["Hey.", "Where?", "South."]
+    assert rejects.rows[0]["where"].endswith("hh.jsonl:152") and "share no user turn" in rejects.rows[0]["reason"]
+
+
+def test_a_reward_model_scores_an_answer_that_runs_over_several_turns(base_model):
+    """A pair whose answers run over several turns is scored whole: prompt, then every turn of the answer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from llmkit.reward_model import RewardModel, render
+
+    tok = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    rm = RewardModel(model.eval(), tok)
+    answer = [{"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Where?"},
+              {"role": "assistant", "content": "North."}]
+    ids = render(tok, "Hi", answer)
+    assert tok.decode(ids).count("<|im_start|>assistant") == 2 and "Where?" in tok.decode(ids)
+    one, whole = rm.score(["Hi", "Hi"], ["North.", answer])
+    assert one != whole and rm.score(["Hi"], [[{"role": "assistant", "content": "North."}]])[0] == \
+        pytest.approx(one, abs=1e-5)
+
+
+def test_prompts_come_from_any_chat_format(tmp_path):
+    from llmkit.formats import read_prompts
+    from llmkit.loaders import Rejects
+
+    rows = [{"prompt": "Where was Ada born?"},
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                          {"role": "user", "content": "Where?"}, {"role": "assistant", "content": "North."}]},
+            {"instruction": "Name a river.", "input": "In Elmford", "output": "The Kennet."},
+            {"chosen": "\n\nHuman: Who is Bo?\n\nAssistant: A baker.", "rejected": "\n\nHuman: Who is Bo?\n\nAssistant: Ugh."},
+            {"instruction": "Write a haiku about mills."},
+            {"conversations": [{"from": "human", "value": "Tell me a fact."}, {"from": "gpt", "value": "Fact."}]},
+            {"question": "no prompt here"}]
+    rejects = Rejects(max_fraction=0.2)
+    prompts = read_prompts(_jsonl(tmp_path / "p.jsonl", rows), rejects)
+    assert prompts == ["Where was Ada born?",
+                       [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                        {"role": "user", "content": "Where?"}],
+                       [{"role": "user", "content": "Name a river.\n\nIn Elmford"}],
+                       [{"role": "user", "content": "Who is Bo?"}],
+                       "Write a haiku about mills.",
+                       [{"role": "user", "content": "Tell me a fact."}]]
+    assert len(rejects.rows) == 1 and "fields found: [question]" in rejects.rows[0]["reason"]

@@ -42,3 +42,40 @@ def test_chat_generate_reports_the_probability_of_eos_where_an_answer_ended(base
             assert answer["eos_probability"] == pytest.approx(p_eos, abs=1e-4)
         else:
             assert answer["eos_probability"] is None
+
+
+def test_no_answer_runs_past_the_context(base_model):
+    """A prompt longer than the model's context beside the answer loses its oldest tokens, and the answer its
+    length beyond half the context; the batch then never passes the model's positions."""
+    from llmkit.generation import fit_to_context, stream
+    from llmkit.model import build_model
+
+    tok = AutoTokenizer.from_pretrained(base_model)
+    model = build_model(1, tok, max_position_embeddings=64, seed=0)
+    ids, new, cut = fit_to_context([list(range(100)), list(range(10))], 40, 64)
+    assert (new, cut) == (32, 1) and ids == [list(range(68, 100)), list(range(10))]  # the latest tokens stay
+    long_prompt = "Tell me everything about the old mill by the river. " * 20
+    torch.manual_seed(0)
+    g = generate(model, tok, [long_prompt, "Hi?"], max_new_tokens=50)
+    assert g.prompts_cut == 1 and g.input_ids.shape[1] <= 64 and g.mask.shape[1] <= 32
+    last_words = tok.decode(g.input_ids[0, :g.n_prompt], skip_special_tokens=True)
+    assert last_words.rstrip().endswith("assistant")  # the cut took the oldest tokens, the question's end stayed
+    prompt_ids = tok.apply_chat_template([{"role": "user", "content": long_prompt}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=True)["input_ids"]
+    assert len(list(stream(model, tok, prompt_ids, max_new_tokens=100, temperature=0))) <= 32
+
+
+def test_messages_for_trl_lose_their_oldest_turns_to_fit(base_model):
+    from llmkit.generation import fit_messages
+
+    tok = AutoTokenizer.from_pretrained(base_model)
+
+    def length(messages):
+        return len(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
+
+    long_chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about mills. " * 30},
+                 {"role": "assistant", "content": "Mills grind grain. " * 20}, {"role": "user", "content": "And rivers?"}]
+    fitted, cut = fit_messages(tok, ["Hi?", long_chat, "Where is Elmford? " * 80], room=60)
+    assert cut == 2 and fitted[0] == [{"role": "user", "content": "Hi?"}]
+    assert fitted[1] == [long_chat[0], long_chat[3]]  # the system message stays, the oldest turns go
+    assert length(fitted[2]) <= 60 and fitted[2][0]["content"].endswith("Where is Elmford? ")  # one turn: its start goes

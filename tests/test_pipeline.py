@@ -2,6 +2,7 @@
 and the chat app all read, and every stage's presets."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -27,6 +28,19 @@ def test_run_pipeline_is_the_code_the_command_ran(smoke_pipeline, capsys):
         return [line.rsplit("|", 2)[0] for line in text.splitlines() if line.startswith("| ")]
 
     assert measurements(after) == measurements(before) and len(measurements(after)) > 10
+    # five prompts answered by every model: what a run on your own data shows where no oracle can judge
+    answers = [json.loads(line) for line in (run_dir / "side_by_side.jsonl").read_text().splitlines()]
+    assert len(answers) == 5 and all(set(a["answers"]) == {"pretrain", "sft", "ppo"} for a in answers)
+    assert "## The same prompts, every model" in after and answers[0]["prompt"][:20] in after
+
+
+def test_model_text_in_the_report_is_text(tmp_path):
+    from llmkit import report
+
+    path = report.write_report(tmp_path, [], answers=[{"prompt": "Hi ![x](http://127.0.0.1:9/t.png)",
+                                                        "answers": {"sft": "<img src=x onerror=alert(1)> a|b\nc"}}])
+    text = path.read_text()
+    assert "![x](" not in text and "<img" not in text and "&lt;img src=x onerror=alert\\(1\\)&gt; a\\|b c" in text
 
 
 def test_every_stage_has_every_preset_and_the_gpu_presets_are_gpu_sized():

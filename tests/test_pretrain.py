@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmkit import data, pretrain
 from llmkit.pretrain import PackedEpochs, split_documents
@@ -166,3 +166,32 @@ def test_a_depth_override_keeps_the_presets_other_settings():
     assert (gpt2.depth, gpt2.seq_len, gpt2.batch_size, gpt2.micro_batch_size, gpt2.weight_decay) == (2, 1024, 256, 32, 0.1)
     tiny = pretrain.model_preset(pretrain.PretrainConfig(model_preset="tiny", depth=2))
     assert (tiny.depth, tiny.micro_batch_size, tiny.weight_decay) == (2, None, 1.0)
+
+
+def test_a_corpus_far_too_small_stops_early_keeps_the_best_weights_and_says_so(tmp_path):
+    """40 documents for a model that could learn thousands: the validation loss turns up, training stops three
+    evaluations later, the weights kept are those of the best evaluation, and the report says why."""
+    from llmkit.loaders import bundled_path, load_documents
+
+    docs, _ = load_documents(bundled_path("corpus.jsonl"), max_documents=40)
+    text = tmp_path / "small.txt"
+    text.write_text("\n\n".join(d["text"] for d in docs), encoding="utf-8")
+    config = pretrain.PretrainConfig(depth=2, data=str(text), max_steps=600, eval_every=10, save_every=10_000,
+                                     batch_size=8, seq_len=64, eval_sequences=8, warmup_steps=5, learning_rate=3e-3)
+    result = pretrain.run(config, tmp_path / "run", progress=False)
+    m = result.metrics
+    evals = [(r["step"], r["val_loss"]) for r in _log(tmp_path / "run") if "val_loss" in r]
+    best_step, best = min(evals, key=lambda e: e[1])
+    assert m["steps"] < 600 and evals[-1][0] == m["steps"]  # it stopped early ...
+    assert [step for step, _ in evals[-3:]] == [best_step + 10, best_step + 20, best_step + 30]  # ... 3 evals on
+    assert m["best_step"] == best_step and m["val_loss"] == pytest.approx(best) and m["final_val_loss"] > best
+    assert m["epochs"] > 10 and m["tokens_per_parameter"] < 1
+    assert any(f"rose after step {best_step}" in w for w in m["warnings"])
+    assert any("the training data is small for this model" in w and "depth 1" in w for w in m["warnings"])
+    tokenizer = AutoTokenizer.from_pretrained(result.output_dir)
+    _, val, _ = pretrain.load_training_data(config, tmp_path / "run", tokenizer, 64)
+    val = val.flatten()[: val.numel() // 64 * 64].view(-1, 64)[:8]
+    with torch.no_grad():
+        kept = AutoModelForCausalLM.from_pretrained(result.output_dir)(input_ids=val, labels=val).loss.item()
+    assert kept == pytest.approx(best, abs=1e-4)  # the saved model is the best step's
+    assert not (result.output_dir / pretrain.BEST).exists()

@@ -95,7 +95,7 @@ def test_hh_transcripts_run_end_to_end_and_bad_rows_name_their_line(base_model, 
     assert result.metrics["train_pairs"] == 36 and result.metrics["eval_pairs"] == 4  # 10 % held out for eval
     bad = _write(tmp_path / "bad.jsonl", rows[:2] + [{"chosen": rows[0]["chosen"],
                                                       "rejected": "\n\nHuman: Something else?\n\nAssistant: No."}])
-    with pytest.raises(DataError, match=r"bad.jsonl:3: not a valid hh preference row .*share every turn"):
+    with pytest.raises(DataError, match=r"bad.jsonl:3: not a valid hh preference row .*share no user turn"):
         reward.run(reward.RewardConfig(base_model=str(base_model), train_data=str(bad)), tmp_path / "run2", progress=False)
     assert not (tmp_path / "run2" / "reward").exists()
 

@@ -50,11 +50,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from llmkit import runs
-from llmkit.config import StageConfig, configure, option
+from llmkit.config import MAX_BAD_ROWS_HELP, StageConfig, configure, option
 from llmkit.curves import save_curves
 from llmkit.formats import prompt_text
 from llmkit.generation import Generation, generate, response_logprobs
-from llmkit.loaders import write_jsonl
+from llmkit.loaders import read_jsonl, write_jsonl
 from llmkit.rl.inputs import read_inputs
 
 if TYPE_CHECKING:
@@ -66,9 +66,11 @@ class PPOConfig(StageConfig):
 
     policy_model: str | None = option(None, "the policy to start from (default: RUN_DIR/sft)")
     reward_model: str | None = option(None, "the reward model (default: RUN_DIR/reward)")
-    prompts: str | None = option(None, "prompts to optimise on: rows with a `prompt`, a string or messages "
-                                       "(default: the bundled RL prompts)")
+    prompts: str | None = option(None, "prompts to optimise on: rows with a `prompt` (a string or messages), "
+                                       "conversations in any chat format, or instructions (default: the bundled RL "
+                                       "prompts)")
     eval_prompts: str | None = option(None, "prompts to evaluate on (default: the bundled held-out RL prompts)")
+    max_bad_rows: float = option(0.01, MAX_BAD_ROWS_HELP)
     max_steps: int = option(40, "PPO steps (one rollout batch each)")
     batch_size: int = option(32, "prompts per rollout")
     mini_batch_size: int = option(8, "rollouts per update")
@@ -367,7 +369,7 @@ class PPOTrainer:
             "non_score_reward": (-beta * kl_seq).mean().item(), "entropy": masked_mean(r.entropy, mask).item(),
             "explained_variance": explained_variance(r.values, returns, mask),
             "response_length": mask.sum(-1).mean().item(), "eos_fraction": r.generation.ended.float().mean().item(),
-            **stats,
+            "prompts_cut": r.generation.prompts_cut, **stats,
         }
         if self.oracle is not None:
             record["oracle_score"] = sum(self.oracle.score(p, t) for p, t in zip(prompts, r.generation.texts)) / len(prompts)
@@ -390,6 +392,7 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
     inputs = read_inputs(config, run_dir)  # bad input writes nothing
     prompts = inputs.prompts
     with out:
+        inputs.rejects.write(out.work)
         torch.manual_seed(config.seed)
         tokenizer, policy, rm, value = load_models(inputs.policy_dir, inputs.rm_dir)
         oracle = _oracle() if inputs.closed_world else None
@@ -426,7 +429,8 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
         tokenizer.save_pretrained(out.work)
         metrics = {"policy_model": str(inputs.policy_dir), "reward_model": str(inputs.rm_dir), "steps": config.max_steps,
                    "train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, config.max_steps),
-                   "final_beta": trainer.kl_ctl.value}
+                   "final_beta": trainer.kl_ctl.value, "rejected_rows": len(inputs.rejects.rows),
+                   "prompts_cut": sum(r.get("prompts_cut", 0) for r in read_jsonl(out.work / "log.jsonl"))}
         ref = trainer.ref if trainer.ref is not None else load_causal_lm(inputs.policy_dir, next(model.parameters()).device)
         evaluation = evaluate_policy(model, ref, tokenizer, rm, inputs.eval_prompts, config, inputs.policy_dir, oracle)
         write_jsonl(out.work / "eval_samples.jsonl", evaluation.pop("rows"))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit import runs
-from llmkit.config import StageConfig, configure, option
+from llmkit.config import MAX_BAD_ROWS_HELP, StageConfig, configure, option
 from llmkit.curves import save_curves
 from llmkit.formats import PREFERENCE_FORMATS, as_messages, read_preferences
 from llmkit.loaders import bundled_path, write_jsonl
@@ -36,11 +36,13 @@ class MethodConfig(StageConfig):
     policy_model: str | None = option(None, "the policy to start from (default: RUN_DIR/sft)")
     reward_model: str | None = option(None, "the reward model (default: RUN_DIR/reward); GRPO and RLOO train "
                                             "against it, and every method is evaluated with it")
-    prompts: str | None = option(None, "GRPO/RLOO prompts: rows with a `prompt` (default: the bundled RL prompts)")
+    prompts: str | None = option(None, "GRPO/RLOO prompts: rows with a `prompt`, conversations in any chat format, "
+                                       "or instructions (default: the bundled RL prompts)")
     preferences: str | None = option(None, "DPO's preference pairs (default: the bundled pairs)")
     preference_format: str = option("auto", "format of the DPO pairs (auto: detected)",
                                     choices=("auto", *PREFERENCE_FORMATS))
     eval_prompts: str | None = option(None, "prompts to evaluate on (default: the bundled held-out RL prompts)")
+    max_bad_rows: float = option(0.01, MAX_BAD_ROWS_HELP)
     max_steps: int = option(40, "optimizer steps (PPO's default budget)")
     batch_size: int = option(32, "completions (GRPO/RLOO) or pairs (DPO) per step, over all devices")
     num_generations: int = option(4, "samples per prompt (GRPO/RLOO)")
@@ -92,12 +94,14 @@ def run(config: MethodConfig, run_dir: str | Path, overwrite: bool = False, prog
     if out.reusable:
         return out.reuse()
     inputs = read_inputs(config, run_dir)  # bad input writes nothing
-    pairs = (read_preferences(config.preferences or bundled_path("preferences_train.jsonl"), config.preference_format)
-             if config.method == "dpo" else None)
+    pairs = (read_preferences(config.preferences or bundled_path("preferences_train.jsonl"), config.preference_format,
+                              rejects=inputs.rejects) if config.method == "dpo" else None)
+    prompts, prompts_cut = (fit_prompts(config, inputs.policy_dir, inputs.prompts) if config.method != "dpo"
+                            else (inputs.prompts, 0))
     with out:
+        inputs.rejects.write(out.work)
         log = runs.LogWriter(out.work / "log.jsonl", callbacks)
-        trainer, tokenizer = build_trainer(config, inputs.policy_dir, inputs.rm_dir, inputs.prompts, pairs, out.work,
-                                           progress)
+        trainer, tokenizer = build_trainer(config, inputs.policy_dir, inputs.rm_dir, prompts, pairs, out.work, progress)
         trainer.add_callback(training.log_callback(log, LOG_NAMES))
         start = time.perf_counter()
         trainer.train()
@@ -117,7 +121,8 @@ def run(config: MethodConfig, run_dir: str | Path, overwrite: bool = False, prog
         write_jsonl(out.work / "eval_samples.jsonl", evaluation.pop("rows"))
         metrics = {"method": config.method, "policy_model": str(inputs.policy_dir), "reward_model": str(inputs.rm_dir),
                    "steps": trainer.state.global_step, "train_seconds": train_seconds,
-                   "seconds_per_step": train_seconds / max(1, trainer.state.global_step), **evaluation}
+                   "seconds_per_step": train_seconds / max(1, trainer.state.global_step),
+                   "rejected_rows": len(inputs.rejects.rows), "prompts_cut": prompts_cut, **evaluation}
         save_curves(out.work)
         return out.commit(config, metrics)
 
@@ -128,6 +133,18 @@ LOG_NAMES = (("reward", "reward"), ("rewards/chosen", "reward_chosen"), ("reward
              ("entropy", "entropy"), ("clip_ratio/region_mean", "clipfrac"))
 
 
+def fit_prompts(config: MethodConfig, policy_dir: Path, prompts: list) -> tuple[list, int]:
+    """(the prompts, how many were cut): TRL 1.16 does not cut prompts, so those too long for the policy's context
+    beside an answer lose their oldest turns (`llmkit.generation.fit_messages`)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from llmkit.generation import context_length, fit_messages
+
+    context = context_length(AutoConfig.from_pretrained(policy_dir, local_files_only=True))
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir, local_files_only=True)
+    return fit_messages(tokenizer, prompts, context - min(config.max_new_tokens, context // 2))
+
+
 def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path, prompts: list, pairs: list | None, work: Path,
                   progress: bool = False):
     """(the TRL trainer for `config.method`, the policy's tokenizer), set up for this machine and llmkit's budget."""
@@ -135,6 +152,7 @@ def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path, prompts:
     from transformers import AutoTokenizer
 
     from llmkit import training
+    from llmkit.generation import context_length
     from llmkit.model import load_causal_lm
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir, local_files_only=True)
@@ -159,7 +177,8 @@ def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path, prompts:
         return rm.score(prompts, [c[-1]["content"] if isinstance(c, list) else c for c in completions])
 
     dataset = Dataset.from_list([{"prompt": as_messages(p)} for p in prompts])
-    kwargs = dict(**args, num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
+    kwargs = dict(**args, num_generations=config.num_generations,
+                  max_completion_length=min(config.max_new_tokens, context_length(policy) // 2),
                   temperature=config.temperature, beta=config.beta)
     if config.method == "grpo":
         from trl import GRPOConfig as Config
