@@ -73,7 +73,8 @@ class DataConfig(StageConfig):
     vocab_size: int = option(4096, "BPE vocabulary size (an upper bound)")
     block_size: int = option(256, "tokens per packed training block")
     validation_fraction: float = option(0.05, "documents held out for validation")
-    num_proc: int = option(2, "processes for tokenizing and packing (used from 20,000 documents)")
+    num_proc: int = option(2, "processes for the filters (from 2,000 documents) and for tokenizing and packing "
+                              "(from 20,000)")
     seed: int = option(0, "seed of the train/validation split and MinHash")
 
 

@@ -1,6 +1,8 @@
 import shutil
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +11,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from llmkit import data
 from llmkit.model import build_model
 from llmkit.tokenizer import load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -60,11 +64,30 @@ def llmkit_command():
 
 
 @pytest.fixture(scope="session")
-def smoke_pipeline(llmkit_command, tmp_path_factory):
-    """`llmkit pipeline --preset smoke --quiet` from an empty folder into runs/smoke, once per test session:
-    (the folder, the completed process)."""
-    folder = tmp_path_factory.mktemp("smoke_pipeline")
-    return folder, llmkit_command("pipeline", "--run-dir", "runs/smoke", "--preset", "smoke", "--quiet", cwd=folder)
+def smoke_pipeline(tmp_path_factory):
+    """`llmkit pipeline --preset smoke --quiet` into runs/smoke from an empty folder, run once per test session by
+    the `llmkit` a user without the checkout gets: a wheel built from the repository and installed into a fresh
+    venv (its dependencies, the ones installed here, reached through a .pth file, so that this checks what the
+    wheel holds). Returns (the folder, the completed process)."""
+    root = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(root / "dist"), str(ROOT)],
+                   check=True, capture_output=True)
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    (wheel,) = (root / "dist").glob("llmkit-*.whl")
+    subprocess.run([venv / "bin" / "pip", "install", "--quiet", "--no-deps", str(wheel)], check=True,
+                   capture_output=True)
+    site = subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    folder = root / "empty"
+    folder.mkdir()
+    where = subprocess.run([venv / "bin" / "python", "-c", "import llmkit.loaders as l; print(l.bundled_path())"],
+                           cwd=folder, check=True, capture_output=True, text=True).stdout.strip()
+    assert where.startswith(str(venv)), where  # the installed package's own data, not the checkout's
+    done = subprocess.run([venv / "bin" / "llmkit", "pipeline", "--run-dir", "runs/smoke", "--preset", "smoke",
+                           "--quiet"], cwd=folder, capture_output=True, text=True, timeout=900)
+    return folder, done
 
 
 WORDS = {  # slots of a narrative sentence; random fillings make text that no web rule objects to but its lines

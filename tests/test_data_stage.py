@@ -239,3 +239,18 @@ def test_prose_profile_keeps_the_hard_wrapped_book_that_web_rules_remove(tmp_pat
     assert max(d["text"].count("\n") for d in kept) <= 10  # a line a paragraph now
     none = data.run(DataConfig(**common, profile="none"), tmp_path / "none", progress=False)
     assert none.metrics["documents_out"] == 30 and "fineweb" not in none.metrics["rules"]
+
+
+def test_filters_on_two_processes_keep_and_remove_what_one_does(monkeypatch):
+    from llmkit import cleaning
+    from llmkit.loaders import bundled_path, load_documents
+
+    docs, _ = load_documents(bundled_path("corpus.jsonl"), max_documents=300)
+    config = DataConfig(exact_dedup=False, minhash_dedup=False, num_proc=1)
+    one = Ledger()
+    kept_one = clean_corpus(docs, config, one, progress=False)
+    monkeypatch.setattr(cleaning, "PARALLEL_FROM", 100)
+    two = Ledger()
+    kept_two = clean_corpus(docs, DataConfig(exact_dedup=False, minhash_dedup=False, num_proc=2), two, progress=False)
+    assert kept_two == kept_one and len(kept_one) < len(docs)
+    assert two.removed == one.removed and two.changes == one.changes
