@@ -48,13 +48,15 @@ def prompt_text(prompt) -> str:
     return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-def read_prompts(path: str | Path, rejects: Rejects | None = None) -> list:
+def read_prompts(path: str | Path, rejects: Rejects | None = None, limit: int | None = None) -> list:
     """Prompts for RL and sampling, from rows with a `prompt` (a string or a list of messages), or from any
     conversation format `read_conversations` reads — the prompt is the conversation up to its last assistant
     turn — or from instructions alone (`instruction`, with an optional `input`). Rows that hold none go to
-    `rejects` (None: the first one stops the read)."""
+    `rejects` (None: the first one stops the read). `limit`: stop after that many."""
     out = []
     for row, where in _rows(path, rejects):
+        if limit is not None and len(out) >= limit:
+            break
         prompt = row.get("prompt") if isinstance(row, dict) else None
         if isinstance(prompt, str) and prompt.strip() or isinstance(prompt, list) and prompt:
             out.append(prompt)

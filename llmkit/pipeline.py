@@ -190,7 +190,7 @@ def side_by_side(run_dir: str | Path, n_prompts: int = 5, max_new_tokens: int = 
 
     from llmkit.formats import prompt_text, read_prompts
     from llmkit.generation import chat_generate, greedy_continuations
-    from llmkit.loaders import bundled_path, write_jsonl
+    from llmkit.loaders import Rejects, bundled_path, write_jsonl
     from llmkit.model import load_causal_lm
 
     run_dir = Path(run_dir)
@@ -199,7 +199,7 @@ def side_by_side(run_dir: str | Path, n_prompts: int = 5, max_new_tokens: int = 
         return []
     sft_config = runs.read_stage_config(run_dir / "sft") or {}
     source = sft_config.get("eval_data") or sft_config.get("train_data") or bundled_path("rl_prompts_eval.jsonl")
-    prompts = read_prompts(source)[:n_prompts]
+    prompts = read_prompts(source, Rejects(max_fraction=1.0), limit=n_prompts)  # the SFT stage set aside bad rows
     rows = [{"prompt": prompt_text(p), "answers": {}} for p in prompts]
     for folder in folders:
         tokenizer = AutoTokenizer.from_pretrained(run_dir / folder, local_files_only=True)

@@ -203,3 +203,5 @@ def test_prompts_come_from_any_chat_format(tmp_path):
                        "Write a haiku about mills.",
                        [{"role": "user", "content": "Tell me a fact."}]]
     assert len(rejects.rows) == 1 and "fields found: [question]" in rejects.rows[0]["reason"]
+    # `limit` stops the read early: the side-by-side report reads five prompts, not the whole file
+    assert read_prompts(tmp_path / "p.jsonl", Rejects(max_fraction=1.0), limit=2) == prompts[:2]
