@@ -151,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="labels file (default: RUN_DIR/labels.jsonl)")
     p.add_argument("--annotator", default="", help="annotator name to start with")
     _add_serve_options(p)
+
+    p = sub.add_parser("export", help="a stage's model as a standalone transformers folder and as GGUF",
+                       description="Export a model for use outside llmkit: a transformers folder (merged weights, "
+                                   "tokenizer, chat template, a generation config that stops at the end of a turn) "
+                                   "and a GGUF file (llama.cpp), checked by loading it back and comparing logits.")
+    p.add_argument("--run-dir", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("--stage", default="sft", help="the stage whose model to export (default: sft)")
+    p.add_argument("--model", help="a model folder to export instead of RUN_DIR/STAGE")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/export/STAGE)")
+    p.add_argument("--formats", default="transformers,gguf", help="comma-separated: transformers, gguf (default: both)")
+    p.add_argument("--gguf-type", default="f16", help="GGUF precision: f32, f16, bf16 or q8_0 (default: f16)")
+    p.add_argument("--overwrite", action="store_true", help="replace what the output folder holds")
     return ap
 
 
@@ -230,6 +242,20 @@ def serve_labels(args: argparse.Namespace) -> int:
 
 
 # ---- main ----------------------------------------------------------------------------------------
+def export_model(args: argparse.Namespace) -> int:
+    from llmkit.export import export
+
+    run_dir = Path(args.run_dir)
+    model = Path(args.model) if args.model else run_dir / args.stage
+    out = Path(args.out) if args.out else run_dir / "export" / (model.name if args.model else args.stage)
+    record = export(model, out, tuple(f.strip() for f in args.formats.split(",") if f.strip()), args.gguf_type,
+                    args.overwrite)
+    check = (f"; GGUF logits within {record['gguf_max_logit_difference']:.2g} of the model's"
+             if "gguf_max_logit_difference" in record else "")
+    print(f"[export] {model} -> {out}: {', '.join(record['files'])}{check}")
+    return 0
+
+
 def _quiet_libraries() -> None:
     """--quiet: no progress bars from the libraries either (transformers' weight loading and saving, the
     datasets maps inside TRL's trainers)."""
@@ -247,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve_chat(args)
         if args.command == "label":
             return serve_labels(args)
+        if args.command == "export":
+            return export_model(args)
         if args.quiet:
             _quiet_libraries()
         if args.command == "pipeline":

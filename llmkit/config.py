@@ -19,6 +19,9 @@ from llmkit.runs import StageError
 MISSING = dataclasses.MISSING
 MAX_BAD_ROWS_HELP = ("the share of the rows of your files that may be unusable (they are kept in the stage's "
                      "rejected_rows.jsonl with file, line and reason) before the stage stops")
+SAVE_EVERY_HELP = "steps between checkpoints a killed run resumes from (0: none; deleted when the stage finishes)"
+LORA_TARGETS_HELP = ("the layers LoRA adapts: all-linear (every linear layer but the output head, GPT-2's Conv1D "
+                     "included) or module names separated by commas, e.g. q_proj,v_proj")
 
 
 def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING,

@@ -9,8 +9,9 @@
 A prompt is a user message (a string) or a list of messages, rendered with the chat template and its
 generation prompt. Batches are left-padded, so every row's next token sits in the last column and the KV
 cache serves the whole batch. Sampling is transformers': temperature, then top-p (nucleus), then a draw — no
-top-k, whatever a checkpoint's generation config says; `do_sample=False` is greedy. Generation stops at the
-tokenizer's EOS, which for llmkit's tokenizer is the end of a turn (`<|im_end|>`).
+top-k, whatever a checkpoint's generation config says; `do_sample=False` is greedy. A chat answer stops at any
+of the template's end-of-turn tokens (`llmkit.chat_format.end_of_turn_ids`: llmkit's and Qwen's <|im_end|>,
+Llama 3's <|eot_id|>, Gemma's <end_of_turn>, ... and the EOS).
 """
 
 from __future__ import annotations
@@ -117,7 +118,9 @@ def generate(model, tokenizer, conversations: list, max_new_tokens: int, tempera
     the batch is done."""
     import torch
 
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    from llmkit.chat_format import end_of_turn_ids
+
+    stops, pad = end_of_turn_ids(tokenizer, getattr(model, "generation_config", None)), tokenizer.pad_token_id
     prompt_ids = tokenizer(chat_prompts(tokenizer, conversations), add_special_tokens=False)["input_ids"]
     prompt_ids, max_new_tokens, cut = fit_to_context(prompt_ids, max_new_tokens, context_length(model))
     with generation_mode(model, tokenizer) as device:
@@ -125,20 +128,21 @@ def generate(model, tokenizer, conversations: list, max_new_tokens: int, tempera
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
                              temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
                              top_k=0 if do_sample else None, use_cache=use_cache, pad_token_id=pad,
-                             eos_token_id=eos, return_dict_in_generate=True, output_logits=eos_probability)
+                             eos_token_id=stops, return_dict_in_generate=True, output_logits=eos_probability)
     n_prompt = enc["input_ids"].shape[1]
     answer = out.sequences[:, n_prompt:]
-    is_eos = answer == eos
+    stop_ids = torch.tensor(stops, device=answer.device)
+    is_eos = torch.isin(answer, stop_ids)
     ended = is_eos.any(-1)
     last = answer.shape[1] - 1
     first_eos = torch.where(ended, is_eos.float().argmax(-1), torch.full_like(ended, last, dtype=torch.long))
     mask = (torch.arange(answer.shape[1], device=answer.device)[None] <= first_eos[:, None]).float()
     answer = torch.where(mask.bool(), answer, torch.full_like(answer, pad))
-    texts = [tokenizer.decode(row[m.bool() & (row != eos)], skip_special_tokens=True).strip()
+    texts = [tokenizer.decode(row[m.bool() & ~torch.isin(row, stop_ids)], skip_special_tokens=True).strip()
              for row, m in zip(answer, mask)]
     p_eos = None
     if eos_probability:
-        p_eos = [float(out.logits[int(t)][j].float().softmax(-1)[eos]) if e else None
+        p_eos = [float(out.logits[int(t)][j].float().softmax(-1)[stop_ids].sum()) if e else None
                  for j, (t, e) in enumerate(zip(first_eos.tolist(), ended.tolist()))]
     return Generation(list(conversations), torch.cat([enc["input_ids"], answer], 1),
                       torch.cat([enc["attention_mask"], mask.long()], 1), n_prompt, mask, texts, ended, p_eos, cut)
@@ -195,7 +199,7 @@ def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: i
 def stream(model, tokenizer, input_ids: list[int], max_new_tokens: int = 48, temperature: float = 0.7,
            top_p: float = 1.0, seed: int = 0) -> Iterator[str]:
     """Yield the answer so far after every new token, for a UI that shows it as it is written: the KV cache, one
-    token a step, stopping at EOS. Tokens are drawn as `generate` draws them (transformers' temperature and
+    token a step, stopping at an end-of-turn token. Tokens are drawn as `generate` draws them (transformers' temperature and
     top-p warpers; greedy at temperature 0), from a generator seeded with `seed`."""
     import torch
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
@@ -205,7 +209,10 @@ def stream(model, tokenizer, input_ids: list[int], max_new_tokens: int = 48, tem
         warpers.append(TemperatureLogitsWarper(float(temperature)))
         if top_p < 1.0:
             warpers.append(TopPLogitsWarper(float(top_p)))
+    from llmkit.chat_format import end_of_turn_ids
+
     draws = torch.Generator().manual_seed(int(seed))
+    stops = set(end_of_turn_ids(tokenizer, getattr(model, "generation_config", None)))
     (input_ids,), max_new_tokens, _ = fit_to_context([list(input_ids)], int(max_new_tokens), context_length(model))
     was_training = model.training
     model.eval()
@@ -223,7 +230,7 @@ def stream(model, tokenizer, input_ids: list[int], max_new_tokens: int = 48, tem
             else:
                 probs = warpers(ids, logits).softmax(-1)[0].cpu()
                 token = int(torch.multinomial(probs, 1, generator=draws))
-            if token == tokenizer.eos_token_id:
+            if token in stops:
                 break
             out.append(token)
             ids = torch.cat([ids, torch.tensor([[token]], device=device)], 1)

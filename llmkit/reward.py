@@ -40,7 +40,14 @@ from pathlib import Path
 from typing import ClassVar
 
 from llmkit import runs
-from llmkit.config import MAX_BAD_ROWS_HELP, StageConfig, configure, option
+from llmkit.config import (
+    LORA_TARGETS_HELP,
+    MAX_BAD_ROWS_HELP,
+    SAVE_EVERY_HELP,
+    StageConfig,
+    configure,
+    option,
+)
 from llmkit.curves import save_curves
 from llmkit.formats import PREFERENCE_FORMATS, read_preferences, read_prompts
 from llmkit.loaders import DataError, Rejects, bundled_path, write_jsonl
@@ -78,8 +85,9 @@ class RewardConfig(StageConfig):
     lora_r: int = option(8, "LoRA rank")
     lora_alpha: int = option(16, "LoRA alpha")
     lora_dropout: float = option(0.05, "LoRA dropout")
-    lora_target_modules: str | list[str] = option("all-linear", "the layers LoRA adapts (peft's names)")
+    lora_targets: str | list[str] = option("all-linear", LORA_TARGETS_HELP)
     eval_every: int = option(20, "steps between evaluations")
+    save_every: int = option(50, SAVE_EVERY_HELP)
     closed_world: bool | None = option(None, "measure agreement with the oracle on fresh SFT answers (default: when "
                                              "training on the bundled data)")
     oracle_prompts: int = option(100, "held-out prompts (two fresh SFT answers each) to compare the RM and the "
@@ -115,7 +123,7 @@ def run(config: RewardConfig, run_dir: str | Path, overwrite: bool = False, prog
     from llmkit.tokenizer import load_chat_tokenizer
 
     run_dir = Path(run_dir)
-    out = runs.Stage(run_dir, config.output_name, overwrite)
+    out = runs.Stage(run_dir, config.output_name, overwrite, resumable=True)
     if out.reusable:
         return out.reuse()
     base = runs.model_folder(config.base_model, run_dir / "sft", "model to put the reward head on",
@@ -124,6 +132,7 @@ def run(config: RewardConfig, run_dir: str | Path, overwrite: bool = False, prog
     rejects = Rejects(config.max_bad_rows)
     train_rows, eval_rows, n_labels = load_pairs(config, run_dir, rejects)
     with out:
+        resume = out.same_config(config)  # a killed run of this config left checkpoints: go on from the last
         rejects.write(out.work)
         log = runs.LogWriter(out.work / "log.jsonl", callbacks)
         trainer = build_trainer(config, tokenizer, base, train_rows, eval_rows, out.work, progress)
@@ -142,7 +151,7 @@ def run(config: RewardConfig, run_dir: str | Path, overwrite: bool = False, prog
             trainer.model.reference_cache = {} if config.cache_reference else None
         start = time.perf_counter()
         try:
-            trainer.train()
+            resumed_from = training.train(trainer, out.work, log, resume)
         finally:
             if likelihood:
                 trainer.model.reference_cache = None  # what scores after training meet is new: nothing to reuse
@@ -162,6 +171,7 @@ def run(config: RewardConfig, run_dir: str | Path, overwrite: bool = False, prog
             "train_seconds": train_seconds, "trainable_params": trainable, "total_params": total,
             "eval_accuracy": pairs["accuracy"], "eval_margin": pairs["margin"],
             "method": "lora" if config.lora else "full", "head": config.head, "rejected_rows": len(rejects.rows),
+            "resumed_from_step": resumed_from,
         }
         if config.closed_world if config.closed_world is not None else config.train_data is None:
             from llmkit.evaluate import oracle_agreement
@@ -227,7 +237,7 @@ def build_trainer(config: RewardConfig, tokenizer, base: Path, train_rows: list[
     finally:
         transformers_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id
-    peft_config = training.lora_config(config, "SEQ_CLS", modules_to_save=["score"]) if config.lora else None
+    peft_config = training.lora_config(config, "SEQ_CLS", model, modules_to_save=["score"]) if config.lora else None
     if config.freeze_embeddings and not config.lora:
         for p in model.get_input_embeddings().parameters():
             p.requires_grad_(False)
@@ -246,7 +256,8 @@ def build_trainer(config: RewardConfig, tokenizer, base: Path, train_rows: list[
         train_sampling_strategy=training.sampling_strategy(config.balance_lengths, accumulation),
         lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio, max_length=config.max_length,
         center_rewards_coefficient=config.center_rewards_coefficient, eval_strategy="steps",
-        eval_steps=config.eval_every, logging_steps=max(1, config.eval_every // 4)))
+        eval_steps=config.eval_every, logging_steps=max(1, config.eval_every // 4),
+        **training.checkpointing(config.save_every)))
     trainer = pair_mean_reward_trainer()(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                                          eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
                                          peft_config=peft_config)
@@ -277,6 +288,23 @@ def pair_mean_reward_trainer() -> type:
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()
             self._signature_columns = [*self._signature_columns, "length"]
+
+        def _save(self, output_dir=None, state_dict=None):
+            """A checkpoint of the likelihood head leaves out its frozen reference (the SFT model, loaded again
+            from its folder; its tied embedding cannot go into safetensors twice): the Trainer loads a checkpoint
+            non-strictly, so resuming restores the rest."""
+            from llmkit.reward_model import LikelihoodRewardModel
+
+            model = self.accelerator.unwrap_model(self.model)
+            if state_dict is None and isinstance(model, LikelihoodRewardModel):
+                state_dict = {k: v for k, v in model.state_dict().items() if not k.startswith("reference.")}
+            super()._save(output_dir, state_dict)
+
+        def _issue_warnings_after_load(self, load_result):
+            missing = [k for k in load_result.missing_keys if not k.startswith("reference.")]  # left out on purpose
+            if missing or load_result.unexpected_keys:
+                raise runs.StageError(f"the checkpoint does not fit the reward model: missing {missing[:5]}, "
+                                      f"unexpected {load_result.unexpected_keys[:5]}")
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True)

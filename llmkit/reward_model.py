@@ -206,9 +206,15 @@ def answer_header(tokenizer) -> list[int]:
     bare = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
     with_header = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
                                                 return_dict=True)["input_ids"]
-    if list(with_header[:len(bare)]) != list(bare):
-        return []
-    return list(with_header[len(bare):])
+    # where the two part: a template may close a conversation with something the header replaces (Phi-3's EOS)
+    n = 0
+    while n < min(len(bare), len(with_header)) and bare[n] == with_header[n]:
+        n += 1
+    if n < len(with_header):
+        return list(with_header[n:])
+    # a template that writes no header (Mistral: "[INST] question [/INST]answer</s>"): the answer follows the
+    # prompt's last token
+    return [bare[-1]] if bare else []
 
 
 def explain(rm: RewardModel, prompt, response: str) -> dict:

@@ -131,6 +131,23 @@ class Stage:
             shutil.rmtree(self.work)
         self.work.mkdir(parents=True, exist_ok=True)
 
+    def same_config(self, config) -> bool:
+        """For a resumable stage, inside `with`: whether the work folder was left by a run of this same config (its
+        checkpoints can be resumed). Otherwise the folder is emptied and the config recorded for the next try."""
+        cfg = json.dumps(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config),
+                         sort_keys=True, default=str)
+        record = self.work / "resume_config.json"
+        same = [record.exists() and record.read_text(encoding="utf-8") == cfg]
+        if world_size() > 1:  # the main process's answer, for all
+            import torch.distributed as dist
+
+            dist.broadcast_object_list(same, src=0)
+        if not same[0] and is_main_process():
+            for item in self.work.iterdir():
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+            record.write_text(cfg, encoding="utf-8")
+        return same[0]
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None and not self.resumable and self.work.exists():
             shutil.rmtree(self.work, ignore_errors=True)
@@ -142,6 +159,7 @@ class Stage:
         cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
         (self.work / STAGE_CONFIG).write_text(json.dumps(cfg, indent=2, default=str) + "\n", encoding="utf-8")
         (self.work / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
+        (self.work / "resume_config.json").unlink(missing_ok=True)
         if self.final.exists():
             old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
             self.final.rename(old)

@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import ClassVar
 
 from llmkit import runs
-from llmkit.config import MAX_BAD_ROWS_HELP, StageConfig, configure, option
+from llmkit.config import (
+    LORA_TARGETS_HELP,
+    MAX_BAD_ROWS_HELP,
+    SAVE_EVERY_HELP,
+    StageConfig,
+    configure,
+    option,
+)
 from llmkit.curves import save_curves
 from llmkit.formats import FORMATS, read_conversations
 from llmkit.loaders import DataError, Rejects, bundled_path
@@ -69,9 +76,12 @@ class SFTConfig(StageConfig):
     lora_r: int = option(8, "LoRA rank")
     lora_alpha: int = option(16, "LoRA alpha")
     lora_dropout: float = option(0.05, "LoRA dropout")
-    lora_target_modules: str | list[str] = option("all-linear", "the layers LoRA adapts (peft's names)")
+    lora_targets: str | list[str] = option("all-linear", LORA_TARGETS_HELP)
+    quantization: str = option("none", "4bit: load the base model in 4 bits for QLoRA (with lora, on a CUDA GPU "
+                                       "with bitsandbytes)", choices=("none", "4bit"))
     stage_name: str | None = option(None, "output folder in the run (default: sft, or lora with LoRA)")
     eval_every: int = option(50, "steps between evaluations")
+    save_every: int = option(50, SAVE_EVERY_HELP)
     closed_world: bool | None = option(None, "measure closed-world QA after training (default: when training on "
                                              "the bundled data)")
     qa_limit: int | None = option(None, "questions per QA split (default: all)")
@@ -108,21 +118,26 @@ def run(config: SFTConfig, run_dir: str | Path, overwrite: bool = False, progres
     from llmkit import training
 
     run_dir = Path(run_dir)
-    out = runs.Stage(run_dir, config.output_name, overwrite)
+    out = runs.Stage(run_dir, config.output_name, overwrite, resumable=True)
     if out.reusable:
         return out.reuse()
     base = runs.model_folder(config.base_model, run_dir / "pretrain", "model to fine-tune",
                              f"run pretraining first (llmkit pretrain --run-dir {run_dir}) or pass base_model / "
                              "--base-model")
-    tokenizer, model = load_base(base)  # bad input (no model, no chat template, bad rows) writes nothing
+    # bad input (no model, a template that cannot render, LoRA targets that match nothing, bad rows) writes nothing
+    tokenizer, model = load_base(base, config)
     rejects = Rejects(config.max_bad_rows)
     train_rows, eval_rows = load_conversations(config, rejects)
+    train_ids = tokenize(tokenizer, train_rows, rejects, config.train_data or "the SFT conversations")
+    eval_ids = tokenize(tokenizer, eval_rows, rejects, config.eval_data or "the eval conversations")
+    rejects.check(config.train_data or "the SFT conversations")
     with out:
+        resume = out.same_config(config)  # a killed run of this config left checkpoints: go on from the last
         rejects.write(out.work)
         log = runs.LogWriter(out.work / "log.jsonl", callbacks)
         unseen = (unseen_token_ids(base, tokenizer, answer_token_ids(tokenizer, train_rows))
                   if config.train_unseen_tokens else [])
-        trainer = build_trainer(config, tokenizer, model, train_rows, eval_rows, out.work, progress, unseen)
+        trainer = build_trainer(config, tokenizer, model, train_ids, eval_ids, out.work, progress, unseen)
         trainer.add_callback(training.log_callback(log))
         trainable, total = training.trainable_parameters(trainer.model)
         if progress:
@@ -131,10 +146,11 @@ def run(config: SFTConfig, run_dir: str | Path, overwrite: bool = False, progres
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        trainer.train()
-        train_seconds = time.perf_counter() - start
+        resumed_from = training.train(trainer, out.work, log, resume)
+        train_seconds = time.perf_counter() - start  # since the start or the resume
         final_eval = trainer.evaluate()
-        model = training.save_trained(trainer, tokenizer, out.work, config.lora, out.work / "adapter")
+        model = training.save_trained(trainer, tokenizer, out.work, config.lora, out.work / "adapter",
+                                      base if config.quantization != "none" else None)
         if model is None:  # under several processes the main one saves and evaluates
             return runs.StageResult(out.name, out.final, {})
         metrics = {
@@ -142,7 +158,7 @@ def run(config: SFTConfig, run_dir: str | Path, overwrite: bool = False, progres
             "eval_examples": len(eval_rows), "steps": trainer.state.global_step, "train_seconds": train_seconds,
             "trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total,
             "unseen_token_rows_trained": len(unseen), "eval_loss": final_eval.get("eval_loss"),
-            "rejected_rows": len(rejects.rows),
+            "rejected_rows": len(rejects.rows), "resumed_from_step": resumed_from,
             "learning_rate": learning_rate(config), "packing": packing(config),
             # what training holds besides activations: fp32 weights, gradients and two AdamW moments per trained weight
             "weights_grads_optimizer_mb": (total + 3 * trainable) * 4 / 2**20,
@@ -165,12 +181,17 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
                   progress: bool = False, unseen_tokens: list[int] = ()):
     """TRL's SFTTrainer set up as llmkit runs it: assistant-only loss, cosine schedule, length-balanced
     micro-batches, LoRA if asked, the embeddings frozen but the rows that must train.
-    `unseen_tokens`: tokens pretraining never saw, whose embedding rows train beside the chat tokens'."""
+    Rows: conversations ({"messages": ...}) or what `tokenize` made of them. `unseen_tokens`: tokens pretraining
+    never saw, whose embedding rows train beside the chat tokens'."""
     from datasets import Dataset
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
 
     from llmkit import training
+
+    # The assistant mask is computed here for any template (llmkit.chat_format); TRL builds the labels from it
+    train_rows, eval_rows = (rows if not rows or "input_ids" in rows[0] else tokenize(tokenizer, rows)
+                             for rows in (train_rows, eval_rows))
 
     micro, accumulation = runs.split_batch(config.batch_size, config.micro_batch_size, runs.world_size())
     args = TRLConfig(**training.trainer_arguments(
@@ -178,9 +199,10 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
         num_train_epochs=epochs(config), max_steps=config.max_steps,
         train_sampling_strategy=training.sampling_strategy(config.balance_lengths, accumulation),
         lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay,
-        max_length=config.max_length, assistant_only_loss=True, packing=packing(config), eval_strategy="steps",
-        eval_steps=config.eval_every, logging_steps=max(1, config.eval_every // 5)))
-    peft_config = training.lora_config(config, "CAUSAL_LM") if config.lora else None
+        max_length=config.max_length, packing=packing(config), eval_strategy="steps",
+        eval_steps=config.eval_every, logging_steps=max(1, config.eval_every // 5),
+        **training.checkpointing(config.save_every)))
+    peft_config = training.lora_config(config, "CAUSAL_LM", model) if config.lora else None
     trainer = training.length_balanced(SFTTrainer)(
         model=model, args=args, train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows),
         processing_class=tokenizer, peft_config=peft_config)
@@ -195,6 +217,8 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
         keep_rows = training.freeze_embeddings_except(trainer.model.get_input_embeddings(), rows)
         if keep_rows is not None:
             trainer.add_callback(keep_rows)
+        if config.lora:
+            trainer.add_callback(training.save_trained_rows(trainer))
     return trainer
 
 
@@ -217,14 +241,14 @@ def packing(config: SFTConfig) -> bool:
 
 # ---- the embedding rows that train ----------------------------------------------------------------
 def chat_token_ids(tokenizer) -> list[int]:
-    """The end-of-turn token (the tokenizer's EOS) and ChatML's <|im_start|> where the vocabulary has it: tokens a
-    pretrained model has rarely or never seen, which SFT must teach. With every other row frozen, a frozen
-    <|im_end|> row kept the end of turn unlikely (measured on tiny: P(<|im_end|>) after a finished answer 0.13
-    with every row frozen, 0.96 with these two rows training)."""
-    from llmkit.tokenizer import IM_START
+    """The special tokens of the chat template (llmkit's <|im_start|> and <|im_end|>; Llama 3's header and
+    <|eot_id|> tokens, ...) and the EOS, but the BOS every pretrained model has seen: tokens a base model has
+    rarely or never seen, which SFT must teach. With every other row frozen, a frozen <|im_end|> row kept the end
+    of turn unlikely (measured on tiny: P(<|im_end|>) after a finished answer 0.13 with every row frozen, 0.96
+    with these rows training)."""
+    from llmkit.chat_format import template_token_ids
 
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_START)}
-    return sorted(i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id)
+    return [i for i in template_token_ids(tokenizer) if i != tokenizer.bos_token_id]
 
 
 def unseen_token_ids(base: Path, tokenizer, used: set[int] | None = None) -> list[int]:
@@ -270,12 +294,50 @@ def answer_token_ids(tokenizer, rows: list[dict]) -> set[int]:
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
-def load_base(base: Path):
-    """(tokenizer, model) of the model folder to fine-tune; a clear error when its tokenizer has no chat template."""
+def load_base(base: Path, config: SFTConfig | None = None):
+    """(tokenizer, model) of the model folder to fine-tune, checked before anything is written: a causal LM, a
+    tokenizer that fits its vocabulary, a chat template that renders a conversation (a model without one gets
+    llmkit's ChatML template and its tokens), LoRA targets that exist, 4-bit loading where it can work."""
+    from llmkit.chat_format import add_chatml, check_template, stop_at_end_of_turn
     from llmkit.model import load_causal_lm
     from llmkit.tokenizer import load_chat_tokenizer
 
-    return load_chat_tokenizer(base), load_causal_lm(base)
+    config = config or SFTConfig()
+    tokenizer = load_chat_tokenizer(base, require_template=False)
+    if config.quantization != "none":
+        from llmkit.training import load_quantized
+
+        if not config.lora:
+            raise runs.StageError("quantization='4bit' is QLoRA: it trains a LoRA adapter on the frozen 4-bit "
+                                  "model; add lora (--lora)")
+        model = load_quantized(base)
+    else:
+        try:
+            model = load_causal_lm(base)
+        except (OSError, ValueError, KeyError) as e:
+            raise runs.StageError(f"{base}: not a causal language model transformers can load ({e}); expected the "
+                                  "save_pretrained folder of a ...ForCausalLM model") from None
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        raise runs.StageError(f"{base}: the tokenizer has {len(tokenizer):,} tokens but the model's embedding "
+                              f"{vocab:,} rows; they do not belong together (the model folder needs its own tokenizer)")
+    if not tokenizer.chat_template:
+        add_chatml(tokenizer, model)
+    check_template(tokenizer, base)
+    stop_at_end_of_turn(tokenizer, model)
+    if config.lora:
+        from llmkit.training import lora_targets
+
+        lora_targets(model, config.lora_targets)
+    return tokenizer, model
+
+
+def tokenize(tokenizer, rows: list[dict], rejects: Rejects | None = None, source: str = "conversations") -> list[dict]:
+    """Each conversation's token ids and assistant mask (`llmkit.chat_format`: the template's generation markers,
+    TRL's patched template of a known family, or turn by turn), as TRL's SFTTrainer takes them."""
+    from llmkit.chat_format import tokenize_conversations
+
+    return tokenize_conversations(tokenizer, rows, rejects, str(source))
 
 
 def load_conversations(config: SFTConfig, rejects: Rejects | None = None) -> tuple[list[dict], list[dict]]:

@@ -104,17 +104,23 @@ def load_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def load_chat_tokenizer(path: str | Path):
+def load_chat_tokenizer(path: str | Path, require_template: bool = True):
     """The tokenizer of a local model folder that a chat stage starts from: it must have a chat template (the
-    conversations are rendered with it), and it gets a pad token (its EOS) where it has none."""
+    conversations are rendered with it; SFT gives a model without one llmkit's), and it gets a pad token (its
+    EOS) where it has none."""
     from transformers import AutoTokenizer
 
     from llmkit.runs import StageError
 
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if not tokenizer.chat_template:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise StageError(f"{path}: no tokenizer transformers can load ({e}); a model folder holds its tokenizer "
+                         "(tokenizer.json or the files save_pretrained writes)") from None
+    if require_template and not tokenizer.chat_template:
         raise StageError(f"{path}: the tokenizer has no chat template; the stage renders conversations with it. "
-                         "Add one (tokenizer.chat_template = ...; llmkit.tokenizer.CHAT_TEMPLATE is ChatML) and save it")
+                         "Fine-tune it with llmkit sft first (which adds llmkit's ChatML template), or add one "
+                         "(tokenizer.chat_template = ...) and save it")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

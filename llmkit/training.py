@@ -58,12 +58,129 @@ def trainer_arguments(config, work: Path, progress: bool, per_device_batch: int,
             "disable_tqdm": not progress, "dataloader_num_workers": 0, **stage_specific}
 
 
-def lora_config(config, task_type: str, **extra):
-    """peft's LoraConfig from a config's `lora_r`, `lora_alpha`, `lora_dropout` and `lora_target_modules`."""
+def checkpointing(save_every: int) -> dict:
+    """Trainer arguments that keep the newest checkpoint (model, optimizer, scheduler, RNG states, the data
+    position) every `save_every` steps in WORK/trainer, for `train` to resume from; 0: none."""
+    if save_every <= 0:
+        return {"save_strategy": "no"}
+    return {"save_strategy": "steps", "save_steps": save_every, "save_total_limit": 1}
+
+
+def train(trainer, work: Path, log: runs.LogWriter | None = None, resume: bool = True) -> int:
+    """`trainer.train()`, resumed from the newest checkpoint in WORK/trainer when `resume` (a killed run of the
+    same config left it; `runs.Stage.same_config`): the Trainer restores the weights, the optimizer, the schedule,
+    the RNG states and the position in the data, so the run goes on as if never stopped. The log forgets what came
+    after the checkpoint; the checkpoints are deleted once training is done (the stage saves its result).
+    Returns the step it resumed from (0: from the start)."""
+    import shutil
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = work / "trainer"
+    last = get_last_checkpoint(str(folder)) if resume and folder.is_dir() else None
+    step = int(last.rsplit("-", 1)[1]) if last else 0
+    if last:
+        if log is not None:
+            log.keep_until(step)
+        restore_trained_rows(trainer, Path(last))
+    trainer.train(resume_from_checkpoint=last)
+    if runs.is_main_process():
+        shutil.rmtree(folder, ignore_errors=True)
+    return step
+
+
+ROWS_FILE = "trained_embedding_rows.safetensors"
+
+
+def save_trained_rows(trainer):
+    """A callback that saves, beside each checkpoint of a LoRA model, the input-embedding rows that train outside
+    the adapter (`freeze_embeddings_except`): peft's checkpoint holds the adapter only."""
+    from transformers import TrainerCallback
+
+    class SaveTrainedRows(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            weight = trainer.model.get_input_embeddings().weight
+            if getattr(weight, "trained_rows", None) and state.is_world_process_zero:
+                from safetensors.torch import save_file
+
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                save_file({"weight": weight.detach().cpu().contiguous()}, str(folder / ROWS_FILE))
+
+    return SaveTrainedRows()
+
+
+def restore_trained_rows(trainer, checkpoint: Path) -> None:
+    if (checkpoint / ROWS_FILE).exists():
+        import torch
+        from safetensors.torch import load_file
+
+        weight = trainer.model.get_input_embeddings().weight
+        with torch.no_grad():
+            weight.copy_(load_file(str(checkpoint / ROWS_FILE))["weight"].to(weight.device, weight.dtype))
+
+
+def lora_config(config, task_type: str, model=None, **extra):
+    """peft's LoraConfig from a config's `lora_r`, `lora_alpha`, `lora_dropout` and `lora_targets` (checked
+    against `model` when given)."""
     from peft import LoraConfig
 
+    targets = lora_targets(model, config.lora_targets) if model is not None else parse_targets(config.lora_targets)
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_target_modules, task_type=task_type, **extra)
+                      target_modules=targets, task_type=task_type, **extra)
+
+
+def parse_targets(targets) -> str | list[str]:
+    """"all-linear", or a list of module names from a list or a comma-separated string."""
+    if isinstance(targets, str):
+        if targets.strip() == "all-linear":
+            return "all-linear"
+        targets = targets.split(",")
+    names = [t.strip() for t in targets if t and t.strip()]
+    if not names:
+        raise runs.StageError("lora_targets is empty: give all-linear or module names such as q_proj,v_proj")
+    return names
+
+
+def lora_targets(model, targets) -> str | list[str]:
+    """The LoRA targets, checked against the model before anything trains: each name must be the name, or the
+    last part of the name, of a linear layer (nn.Linear, or GPT-2's Conv1D), as peft matches them."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    parsed = parse_targets(targets)
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear | Conv1D)]
+    known = sorted({n.rsplit(".", 1)[-1] for n in linear})
+    if parsed == "all-linear":
+        if not linear:
+            raise runs.StageError("lora_targets=all-linear: the model has no linear layer to adapt")
+        return parsed
+    missing = [t for t in parsed if not any(n == t or n.endswith("." + t) for n in linear)]
+    if missing:
+        raise runs.StageError(f"lora_targets: {', '.join(missing)} match no linear layer of the model "
+                              f"({type(model).__name__}); its linear layers are named {', '.join(known)}")
+    return parsed
+
+
+def load_quantized(path: Path):
+    """A causal LM loaded in 4 bits (NF4, bf16 compute) for QLoRA, ready for k-bit training; a clear error where
+    it cannot work (no CUDA GPU, no bitsandbytes)."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise runs.StageError("quantization='4bit' (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no "
+                              "CUDA GPU. Train LoRA on the full-precision model instead (leave quantization at none)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise runs.StageError("quantization='4bit' (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, quantization_config=bnb,
+                                                 dtype=torch.bfloat16, device_map={"": torch.cuda.current_device()})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def log_callback(log: runs.LogWriter, names: tuple = ()):
@@ -187,18 +304,43 @@ def gathered_model(trainer):
     return fresh
 
 
-def save_trained(trainer, tokenizer, folder: Path, lora: bool = False, adapter: Path | None = None):
+def save_trained(trainer, tokenizer, folder: Path, lora: bool = False, adapter: Path | None = None,
+                 quantized_base: Path | None = None):
     """Write the trained model (float32) and its tokenizer to `folder` as a plain checkpoint; with `lora` the
-    adapter is merged first (and saved to `adapter` when given). Every process must call this (FSDP gathers);
-    returns the saved model on the main process, None on the others."""
+    adapter is merged first (and saved to `adapter` when given). A QLoRA adapter merges into the base model
+    reloaded in full precision (`quantized_base`: its folder), with the embedding rows that trained. Every
+    process must call this (FSDP gathers); returns the saved model on the main process, None on the others."""
     model = gathered_model(trainer)
     if model is None:
         return None
     if lora:
         if adapter is not None:
             model.save_pretrained(adapter)
-        model = model.merge_and_unload()
+        if quantized_base is not None:
+            model = merge_into_full_precision(model, quantized_base)
+        else:
+            model = model.merge_and_unload()
     model = model.float().eval()
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return model
+
+
+def merge_into_full_precision(peft_model, base: Path):
+    """The LoRA weights of a model trained on a 4-bit base, merged into that base loaded in float32 on the CPU;
+    the input embedding (not quantized, and trained in some rows) is copied over."""
+    import torch
+    from peft import get_peft_model as wrap
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    from llmkit.model import load_causal_lm
+
+    trained_embedding = peft_model.get_input_embeddings().weight.detach().float().cpu()
+    full = load_causal_lm(base)
+    if full.get_input_embeddings().weight.shape[0] != trained_embedding.shape[0]:
+        full.resize_token_embeddings(trained_embedding.shape[0])
+    with torch.no_grad():
+        full.get_input_embeddings().weight.copy_(trained_embedding)
+    wrapped = wrap(full, peft_model.peft_config["default"])
+    set_peft_model_state_dict(wrapped, {k: v.float().cpu() for k, v in get_peft_model_state_dict(peft_model).items()})
+    return wrapped.merge_and_unload()

@@ -142,12 +142,12 @@ def test_pipeline_options_reach_each_stages_config(monkeypatch, tmp_path):
     seen = {}
     monkeypatch.setattr(pipeline, "run_pipeline", lambda *a, **k: seen.update(args=a, kwargs=k))
     argv = ["pipeline", "--run-dir", str(tmp_path), "--preset", "smoke", "--stages", "sft,ppo", "--sft.lora",
-            "--sft.learning-rate", "1e-4", "--sft.lora-target-modules", "q_proj", "v_proj", "--ppo.beta", "0.2",
+            "--sft.learning-rate", "1e-4", "--sft.lora-targets", "q_proj", "v_proj", "--ppo.beta", "0.2",
             "--ppo.qa-limit", "none", "--ppo.no-closed-world"]
     assert main(argv) == 0
     run_dir, preset, stages, overrides, overwrite = seen["args"]
     assert (preset, stages, overwrite) == ("smoke", ["sft", "ppo"], False)
-    assert overrides == {"sft": {"lora": True, "learning_rate": 1e-4, "lora_target_modules": ["q_proj", "v_proj"]},
+    assert overrides == {"sft": {"lora": True, "learning_rate": 1e-4, "lora_targets": ["q_proj", "v_proj"]},
                          "ppo": {"beta": 0.2, "qa_limit": None, "closed_world": False}}
     config = pipeline.stage("sft").config_for("smoke", **overrides["sft"])
     assert config.output_name == "lora" and config.max_steps == 12  # the smoke preset, then the options

@@ -140,18 +140,42 @@ def test_tokens_pretraining_never_saw_train_their_rows_too(base_model, data_run,
                               before, sft.chat_token_ids(tokenizer))
 
 
-def test_missing_base_or_chat_template_is_a_clear_error_and_writes_nothing(base_model, tmp_path):
+def test_bad_base_models_are_clear_errors_before_anything_is_written(base_model, tmp_path):
+    """No model, a folder that is not a causal LM, a tokenizer from another model, a template that cannot render a
+    conversation, LoRA targets that match nothing: each names the path or module and what was expected, and no
+    run folder is made."""
+    from transformers import DistilBertConfig, DistilBertModel
+
     with pytest.raises(StageError, match="run pretraining first"):
         sft.run(sft.SFTConfig(**FAST), tmp_path / "empty")
-    assert not (tmp_path / "empty").exists()
-    plain = tmp_path / "no_template"
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    tokenizer.chat_template = None
-    tokenizer.save_pretrained(plain)
-    AutoModelForCausalLM.from_pretrained(base_model).save_pretrained(plain)
-    with pytest.raises(StageError, match="no chat template"):
-        sft.run(sft.SFTConfig(base_model=str(plain), **FAST), tmp_path / "run")
-    assert not (tmp_path / "run").exists()
+    model = AutoModelForCausalLM.from_pretrained(base_model)
+
+    def folder(name, tok=tokenizer, mdl=model, template=tokenizer.chat_template):
+        tok.chat_template = template
+        tok.save_pretrained(tmp_path / name)
+        mdl.save_pretrained(tmp_path / name)
+        return str(tmp_path / name)
+
+    encoder = folder("encoder", mdl=DistilBertModel(DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=1,
+                                                                     n_heads=2, hidden_dim=32)))
+    small = AutoModelForCausalLM.from_config(model.config.__class__(**{**model.config.to_dict(), "vocab_size": 100}))
+    cases = [(encoder, {}, r"encoder: not a causal language model .*ForCausalLM"),
+             (folder("other_vocab", mdl=small), {}, r"other_vocab: the tokenizer has \d[\d,]* tokens but the model's "
+                                                    r"embedding 100 rows"),
+             (folder("bad_template", template="{{ messages[0]['nope'].upper() }}"), {},
+              r"bad_template: the chat template cannot render a user/assistant conversation"),
+             (folder("odd_template", template="{% for m in messages %}{{ m['role'] }}{% endfor %}"), {},
+              r"odd_template: the chat template renders the conversation differently"),
+             (str(base_model), {"lora": True, "lora_targets": "q_proj,attn_c"},
+              r"lora_targets: attn_c match no linear layer of the model \(LlamaForCausalLM\); its linear layers are "
+              r"named down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"),
+             (str(base_model), {"lora": True, "quantization": "4bit"}, r"QLoRA\) needs a CUDA GPU and bitsandbytes"),
+             (str(base_model), {"quantization": "4bit"}, r"add lora")]
+    for base, extra, message in cases:
+        with pytest.raises(StageError, match=message):
+            sft.run(sft.SFTConfig(base_model=base, **FAST, **extra), tmp_path / "run")
+        assert not (tmp_path / "run").exists()
 
 
 def test_unknown_data_format_names_the_file_and_row(base_model, tmp_path):

@@ -50,7 +50,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from llmkit import runs
-from llmkit.config import MAX_BAD_ROWS_HELP, StageConfig, configure, option
+from llmkit.config import (
+    LORA_TARGETS_HELP,
+    MAX_BAD_ROWS_HELP,
+    SAVE_EVERY_HELP,
+    StageConfig,
+    configure,
+    option,
+)
 from llmkit.curves import save_curves
 from llmkit.formats import prompt_text
 from llmkit.generation import Generation, generate, response_logprobs
@@ -98,8 +105,9 @@ class PPOConfig(StageConfig):
     lora_r: int = option(8, "LoRA rank")
     lora_alpha: int = option(16, "LoRA alpha")
     lora_dropout: float = option(0.0, "LoRA dropout")
-    lora_target_modules: str | list[str] = option("all-linear", "the layers LoRA adapts (peft's names)")
+    lora_targets: str | list[str] = option("all-linear", LORA_TARGETS_HELP)
     eval_every: int = option(10, "steps between evaluations")
+    save_every: int = option(10, SAVE_EVERY_HELP)
     sample_every: int = option(10, "log a table of rollouts every N steps")
     eval_limit: int = option(100, "held-out prompts for the final evaluation")
     eval_samples_per_prompt: int = option(4, "answers per held-out prompt and side (400 comparisons, not 100)")
@@ -288,7 +296,7 @@ class PPOTrainer:
 
             from llmkit.training import lora_config
 
-            self.policy = get_peft_model(policy, lora_config(config, "CAUSAL_LM"))
+            self.policy = get_peft_model(policy, lora_config(config, "CAUSAL_LM", policy))
             self.ref = None  # the reference is the policy with its adapter disabled
         else:
             self.ref = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -296,6 +304,19 @@ class PPOTrainer:
         self.value_opt = torch.optim.AdamW(self.value_model.parameters(), lr=config.value_learning_rate)
         self.kl_ctl = KLController(config.beta, config.target_kl, config.kl_horizon)
         self.rng = random.Random(config.seed)  # minibatch order
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to go on exactly: both models, both optimizers, β and the minibatch order's RNG."""
+        return {"policy": self.policy.state_dict(), "value": self.value_model.state_dict(), "opt": self.opt.state_dict(),
+                "value_opt": self.value_opt.state_dict(), "beta": self.kl_ctl.value, "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.value_model.load_state_dict(state["value"])
+        self.opt.load_state_dict(state["opt"])
+        self.value_opt.load_state_dict(state["value_opt"])
+        self.kl_ctl.value = state["beta"]
+        self.rng.setstate(state["rng"])
 
     def reference_logprobs(self, g: Generation) -> torch.Tensor:
         c = self.config
@@ -386,12 +407,13 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
     from llmkit.model import load_causal_lm
 
     run_dir = Path(run_dir)
-    out = runs.Stage(run_dir, config.output_name, overwrite)
+    out = runs.Stage(run_dir, config.output_name, overwrite, resumable=True)
     if out.reusable:
         return out.reuse()
     inputs = read_inputs(config, run_dir)  # bad input writes nothing
     prompts = inputs.prompts
     with out:
+        resume = out.same_config(config)  # a killed run of this config left a checkpoint: go on from it
         inputs.rejects.write(out.work)
         torch.manual_seed(config.seed)
         tokenizer, policy, rm, value = load_models(inputs.policy_dir, inputs.rm_dir)
@@ -400,9 +422,21 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
         log = runs.LogWriter(out.work / "log.jsonl", callbacks)
         rng = random.Random(config.seed)
         order: list[int] = []
+        checkpoint, first = out.work / "checkpoint.pt", 1
+        if resume and checkpoint.exists():
+            saved = torch.load(checkpoint, weights_only=False)  # written by this stage, below
+            trainer.load_state_dict(saved["trainer"])
+            rng.setstate(saved["rng"])
+            order, first = saved["order"], saved["step"] + 1
+            torch.set_rng_state(saved["torch_rng"])
+            if torch.cuda.is_available() and saved.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(saved["cuda_rng"])
+            log.keep_until(saved["step"])
         start = time.perf_counter()
         bar = _progress(config.max_steps, progress)
-        for step in range(1, config.max_steps + 1):
+        if bar is not None:
+            bar.update(first - 1)
+        for step in range(first, config.max_steps + 1):
             if len(order) < config.batch_size:  # every prompt once per pass, in a new order each pass
                 fresh = list(range(len(prompts)))
                 rng.shuffle(fresh)
@@ -416,12 +450,18 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
                 record["samples"] = [{"prompt": prompt_text(p), "continuation": t, "reward": round(float(s), 3)}
                                      for p, t, s in list(zip(batch, rollout.generation.texts, rollout.scores.tolist()))[:6]]
             log.write(record)
+            if config.save_every > 0 and step % config.save_every == 0 and step < config.max_steps:
+                save_checkpoint(checkpoint, {"trainer": trainer.state_dict(), "rng": rng.getstate(), "order": order,
+                                             "step": step, "torch_rng": torch.get_rng_state(),
+                                             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                                             else None})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['reward']:.2f}", kl=f"{record['kl']:.2f}")
         if bar is not None:
             bar.close()
-        train_seconds = time.perf_counter() - start
+        train_seconds = time.perf_counter() - start  # since the start or the resume
+        checkpoint.unlink(missing_ok=True)
 
         model = trainer.policy.merge_and_unload() if config.lora else trainer.policy
         model.eval()
@@ -430,6 +470,7 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
         metrics = {"policy_model": str(inputs.policy_dir), "reward_model": str(inputs.rm_dir), "steps": config.max_steps,
                    "train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, config.max_steps),
                    "final_beta": trainer.kl_ctl.value, "rejected_rows": len(inputs.rejects.rows),
+                   "resumed_from_step": first - 1,
                    "prompts_cut": sum(r.get("prompts_cut", 0) for r in read_jsonl(out.work / "log.jsonl"))}
         ref = trainer.ref if trainer.ref is not None else load_causal_lm(inputs.policy_dir, next(model.parameters()).device)
         evaluation = evaluate_policy(model, ref, tokenizer, rm, inputs.eval_prompts, config, inputs.policy_dir, oracle)
@@ -437,6 +478,15 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
         metrics.update(evaluation)
         save_curves(out.work)
         return out.commit(config, metrics)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write the resume state next to `path` and rename it into place: a kill while saving leaves the last one."""
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
 
 
 def load_models(policy_dir: Path, rm_dir: Path):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit import runs
-from llmkit.config import MAX_BAD_ROWS_HELP, StageConfig, configure, option
+from llmkit.config import MAX_BAD_ROWS_HELP, SAVE_EVERY_HELP, StageConfig, configure, option
 from llmkit.curves import save_curves
 from llmkit.formats import PREFERENCE_FORMATS, as_messages, read_preferences
 from llmkit.loaders import bundled_path, write_jsonl
@@ -51,6 +51,7 @@ class MethodConfig(StageConfig):
     temperature: float = option(0.7, "sampling temperature")
     learning_rate: float = option(2e-5, "the policy's learning rate (as PPO's)")
     beta: float = option(0.1, "KL coefficient (GRPO: in the loss; RLOO: in the reward) or DPO's β")
+    save_every: int = option(10, SAVE_EVERY_HELP)
     eval_limit: int = option(100, "held-out prompts for the final evaluation")
     eval_samples_per_prompt: int = option(4, "answers per held-out prompt and side (as PPO's evaluation)")
     qa_limit: int | None = option(None, "closed-world QA questions per split after training (default: all)")
@@ -90,7 +91,7 @@ def run(config: MethodConfig, run_dir: str | Path, overwrite: bool = False, prog
     from llmkit.reward_model import RewardModel
 
     run_dir = Path(run_dir)
-    out = runs.Stage(run_dir, config.output_name, overwrite)
+    out = runs.Stage(run_dir, config.output_name, overwrite, resumable=True)
     if out.reusable:
         return out.reuse()
     inputs = read_inputs(config, run_dir)  # bad input writes nothing
@@ -99,12 +100,13 @@ def run(config: MethodConfig, run_dir: str | Path, overwrite: bool = False, prog
     prompts, prompts_cut = (fit_prompts(config, inputs.policy_dir, inputs.prompts) if config.method != "dpo"
                             else (inputs.prompts, 0))
     with out:
+        resume = out.same_config(config)  # a killed run of this config left checkpoints: go on from the last
         inputs.rejects.write(out.work)
         log = runs.LogWriter(out.work / "log.jsonl", callbacks)
         trainer, tokenizer = build_trainer(config, inputs.policy_dir, inputs.rm_dir, prompts, pairs, out.work, progress)
         trainer.add_callback(training.log_callback(log, LOG_NAMES))
         start = time.perf_counter()
-        trainer.train()
+        resumed_from = training.train(trainer, out.work, log, resume)
         train_seconds = time.perf_counter() - start
         model = training.save_trained(trainer, tokenizer, out.work)
         if model is None:  # under several processes the main one saves and evaluates
@@ -122,7 +124,8 @@ def run(config: MethodConfig, run_dir: str | Path, overwrite: bool = False, prog
         metrics = {"method": config.method, "policy_model": str(inputs.policy_dir), "reward_model": str(inputs.rm_dir),
                    "steps": trainer.state.global_step, "train_seconds": train_seconds,
                    "seconds_per_step": train_seconds / max(1, trainer.state.global_step),
-                   "rejected_rows": len(inputs.rejects.rows), "prompts_cut": prompts_cut, **evaluation}
+                   "rejected_rows": len(inputs.rejects.rows), "prompts_cut": prompts_cut,
+                   "resumed_from_step": resumed_from, **evaluation}
         save_curves(out.work)
         return out.commit(config, metrics)
 
@@ -159,7 +162,8 @@ def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path, prompts:
     policy = load_causal_lm(policy_dir)
     per_process, _ = runs.split_batch(config.batch_size, None, runs.world_size())  # the same global batch on N
     args = training.trainer_arguments(config, work, progress, per_process, max_steps=config.max_steps,
-                                      lr_scheduler_type="constant", logging_steps=1)
+                                      lr_scheduler_type="constant", logging_steps=1,
+                                      **training.checkpointing(config.save_every))
     if config.method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
