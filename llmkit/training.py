@@ -132,10 +132,10 @@ def lora_config(config, task_type: str, model=None, **extra):
 def parse_targets(targets) -> str | list[str]:
     """"all-linear", or a list of module names from a list or a comma-separated string."""
     if isinstance(targets, str):
-        if targets.strip() == "all-linear":
-            return "all-linear"
-        targets = targets.split(",")
-    names = [t.strip() for t in targets if t and t.strip()]
+        targets = [targets]
+    names = [name.strip() for t in targets for name in str(t).split(",") if name.strip()]  # "q_proj,v_proj" too
+    if names == ["all-linear"]:
+        return "all-linear"
     if not names:
         raise runs.StageError("lora_targets is empty: give all-linear or module names such as q_proj,v_proj")
     return names

@@ -226,3 +226,13 @@ def test_length_balanced_micro_batches_give_the_steps_loss_and_follow_the_seed(b
                               rows[:160], rows[:8], tmp_path)
     assert list(again.get_train_dataloader().batch_sampler)[:4] == step
     assert list(other.get_train_dataloader().batch_sampler)[:4] != step
+
+
+def test_lora_targets_read_as_the_command_line_and_configs_give_them():
+    from llmkit.training import parse_targets
+
+    assert parse_targets("all-linear") == parse_targets(["all-linear"]) == "all-linear"
+    assert parse_targets("q_proj,v_proj") == parse_targets(["q_proj,v_proj"]) == parse_targets(["q_proj", " v_proj"]) \
+        == ["q_proj", "v_proj"]  # --lora-targets q_proj,v_proj and --lora-targets q_proj v_proj alike
+    with pytest.raises(StageError, match="lora_targets is empty"):
+        parse_targets(" , ")
