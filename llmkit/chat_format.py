@@ -104,25 +104,23 @@ def masks(tokenizer, messages: list[dict]) -> dict:
     return marker_mask(tokenizer, messages, template) if template else assistant_mask(tokenizer, messages)
 
 
+def special_ids(tokenizer) -> set[int]:
+    """The ids of the tokenizer's special and added tokens (BOS, EOS, role markers, turn ends, ...)."""
+    return set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+
+
 def end_of_turn_ids(tokenizer, generation_config=None) -> list[int]:
-    """The tokens that end an assistant turn: the special token(s) the template writes right after an answer, the
-    tokenizer's EOS and the generation config's `eos_token_id` (module doc)."""
+    """The tokens that end an assistant turn: the special token that closes the answer's span (`assistant_mask`
+    on a one-turn sample), the tokenizer's EOS and the generation config's `eos_token_id` (module doc)."""
     ids: list[int] = []
     if tokenizer.chat_template:
-        messages = SAMPLE[:2]
         try:
-            header = render(tokenizer, messages[:1], add_generation_prompt=True)
-            upto = render(tokenizer, messages)
+            enc = assistant_mask(tokenizer, SAMPLE[:2])
         except Exception:  # a template that cannot render the sample: the EOS alone
-            upto = header = ""
-        content = messages[1]["content"]
-        after = upto[len(header):]
-        tail = after[after.find(content) + len(content):] if content in after else ""
-        special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
-        for token in tokenizer(tail.strip(), add_special_tokens=False)["input_ids"]:
-            if token in special:
-                ids.append(token)
-                break
+            enc = {"input_ids": [], "assistant_masks": []}
+        trained = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
+        if trained and trained[-1] in special_ids(tokenizer):
+            ids.append(trained[-1])
     extra = getattr(generation_config, "eos_token_id", None)
     for token in [tokenizer.eos_token_id, *(extra if isinstance(extra, list) else [extra])]:
         if isinstance(token, int) and token not in ids:
@@ -131,12 +129,12 @@ def end_of_turn_ids(tokenizer, generation_config=None) -> list[int]:
 
 
 def template_token_ids(tokenizer) -> list[int]:
-    """The special tokens the chat template writes in a conversation (role markers, turn ends), with the EOS:
-    the rows SFT must train in a base model that has rarely or never seen them."""
-    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
-    ids = set(tokenizer(render(tokenizer, SAMPLE), add_special_tokens=False)["input_ids"]) & special
-    ids |= {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
+    """The special tokens the chat template writes in a conversation (role markers, turn ends), with the EOS and
+    without the BOS every pretrained model has seen: the rows SFT must train in a base model that has rarely or
+    never seen them."""
+    ids = set(tokenizer(render(tokenizer, SAMPLE), add_special_tokens=False)["input_ids"]) & special_ids(tokenizer)
+    ids.add(tokenizer.eos_token_id)
+    return sorted(i for i in ids if i is not None and i not in (tokenizer.unk_token_id, tokenizer.bos_token_id))
 
 
 def accepts_system(tokenizer) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from llmkit import runs
+from llmkit.chat_format import tokenize_conversations
 from llmkit.config import (
     LORA_TARGETS_HELP,
     MAX_BAD_ROWS_HELP,
@@ -128,8 +129,8 @@ def run(config: SFTConfig, run_dir: str | Path, overwrite: bool = False, progres
     tokenizer, model = load_base(base, config)
     rejects = Rejects(config.max_bad_rows)
     train_rows, eval_rows = load_conversations(config, rejects)
-    train_ids = tokenize(tokenizer, train_rows, rejects, config.train_data or "the SFT conversations")
-    eval_ids = tokenize(tokenizer, eval_rows, rejects, config.eval_data or "the eval conversations")
+    train_ids = tokenize_conversations(tokenizer, train_rows, rejects, str(config.train_data or "SFT conversations"))
+    eval_ids = tokenize_conversations(tokenizer, eval_rows, rejects, str(config.eval_data or "eval conversations"))
     rejects.check(config.train_data or "the SFT conversations")
     with out:
         resume = out.same_config(config)  # a killed run of this config left checkpoints: go on from the last
@@ -181,8 +182,8 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
                   progress: bool = False, unseen_tokens: list[int] = ()):
     """TRL's SFTTrainer set up as llmkit runs it: assistant-only loss, cosine schedule, length-balanced
     micro-batches, LoRA if asked, the embeddings frozen but the rows that must train.
-    Rows: conversations ({"messages": ...}) or what `tokenize` made of them. `unseen_tokens`: tokens pretraining
-    never saw, whose embedding rows train beside the chat tokens'."""
+    Rows: conversations ({"messages": ...}) or what `chat_format.tokenize_conversations` made of them.
+    `unseen_tokens`: tokens pretraining never saw, whose embedding rows train beside the chat tokens'."""
     from datasets import Dataset
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
@@ -190,7 +191,7 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
     from llmkit import training
 
     # The assistant mask is computed here for any template (llmkit.chat_format); TRL builds the labels from it
-    train_rows, eval_rows = (rows if not rows or "input_ids" in rows[0] else tokenize(tokenizer, rows)
+    train_rows, eval_rows = (rows if not rows or "input_ids" in rows[0] else tokenize_conversations(tokenizer, rows)
                              for rows in (train_rows, eval_rows))
 
     micro, accumulation = runs.split_batch(config.batch_size, config.micro_batch_size, runs.world_size())
@@ -248,7 +249,7 @@ def chat_token_ids(tokenizer) -> list[int]:
     with these rows training)."""
     from llmkit.chat_format import template_token_ids
 
-    return [i for i in template_token_ids(tokenizer) if i != tokenizer.bos_token_id]
+    return template_token_ids(tokenizer)
 
 
 def unseen_token_ids(base: Path, tokenizer, used: set[int] | None = None) -> list[int]:
@@ -330,14 +331,6 @@ def load_base(base: Path, config: SFTConfig | None = None):
 
         lora_targets(model, config.lora_targets)
     return tokenizer, model
-
-
-def tokenize(tokenizer, rows: list[dict], rejects: Rejects | None = None, source: str = "conversations") -> list[dict]:
-    """Each conversation's token ids and assistant mask (`llmkit.chat_format`: the template's generation markers,
-    TRL's patched template of a known family, or turn by turn), as TRL's SFTTrainer takes them."""
-    from llmkit.chat_format import tokenize_conversations
-
-    return tokenize_conversations(tokenizer, rows, rejects, str(source))
 
 
 def load_conversations(config: SFTConfig, rejects: Rejects | None = None) -> tuple[list[dict], list[dict]]:
