@@ -138,11 +138,35 @@ def template_token_ids(tokenizer) -> list[int]:
 
 
 def accepts_system(tokenizer) -> bool:
-    try:
-        render(tokenizer, [{"role": "system", "content": "Be brief."}, *SAMPLE[:2]])
-    except Exception:
-        return False
-    return True
+    """Whether the chat template has a system role (Gemma 2's and Mistral's raise on one). Cached by template."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else repr(tokenizer.chat_template)
+    if template not in _SYSTEM_ROLE:
+        try:
+            render(tokenizer, [{"role": "system", "content": "Be brief."}, *SAMPLE[:2]])
+            _SYSTEM_ROLE[template] = True
+        except Exception:
+            _SYSTEM_ROLE[template] = False
+    return _SYSTEM_ROLE[template]
+
+
+_SYSTEM_ROLE: dict[str, bool] = {}
+
+
+def fit_roles(tokenizer, prompt):
+    """A prompt (a string, or messages) as `tokenizer`'s template takes it: unchanged, or with its system turns
+    folded into the first user turn where the template has no system role (`fold_system`)."""
+    if isinstance(prompt, str) or accepts_system(tokenizer):
+        return prompt
+    return fold_system(prompt)
+
+
+def fit_pairs(tokenizer, rows: list[dict]) -> list[dict]:
+    """Preference rows (a "prompt" with "chosen" and "rejected" answers, or whole conversations as "chosen" and
+    "rejected") whose messages `fit_roles`."""
+    if accepts_system(tokenizer):
+        return rows
+    return [{**row, **{k: fit_roles(tokenizer, row[k]) for k in ("prompt", "chosen", "rejected")
+                       if isinstance(row.get(k), list)}} for row in rows]
 
 
 def fold_system(messages: list[dict]) -> list[dict]:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from llmkit.chat_format import fit_roles
 from llmkit.formats import as_messages
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def generation_mode(model, tokenizer):
 
 def chat_prompts(tokenizer, conversations: list) -> list[str]:
     """Each conversation through the chat template, ending with the assistant's header: what the model continues."""
-    return [tokenizer.apply_chat_template(as_messages(c), tokenize=False, add_generation_prompt=True)
+    return [tokenizer.apply_chat_template(as_messages(fit_roles(tokenizer, c)), tokenize=False, add_generation_prompt=True)
             for c in conversations]
 
 
@@ -56,7 +57,7 @@ def fit_messages(tokenizer, conversations: list, room: int) -> tuple[list[list[d
     first turn left. Returns (the conversations as messages, how many were cut)."""
     out, cut = [], 0
     for conversation in conversations:
-        messages = as_messages(conversation)
+        messages = as_messages(fit_roles(tokenizer, conversation))
 
         def length(ms: list[dict]) -> int:
             return len(tokenizer.apply_chat_template(ms, tokenize=True, add_generation_prompt=True,

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from llmkit import runs
+from llmkit.chat_format import fit_pairs
 from llmkit.config import (
     LORA_TARGETS_HELP,
     MAX_BAD_ROWS_HELP,
@@ -258,9 +259,11 @@ def build_trainer(config: RewardConfig, tokenizer, base: Path, train_rows: list[
         center_rewards_coefficient=config.center_rewards_coefficient, eval_strategy="steps",
         eval_steps=config.eval_every, logging_steps=max(1, config.eval_every // 4),
         **training.checkpointing(config.save_every)))
+    train_rows, eval_rows = fit_pairs(tokenizer, train_rows), fit_pairs(tokenizer, eval_rows)  # Gemma 2: no system role
     trainer = pair_mean_reward_trainer()(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                                          eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
                                          peft_config=peft_config)
+    training.check_sharding(trainer)
     return training.quiet(trainer)
 
 
@@ -269,9 +272,9 @@ def pair_mean_reward_trainer() -> type:
     """The trainer class (built on first use: importing TRL takes seconds)."""
     from trl import RewardTrainer
 
-    from llmkit.training import length_balanced
+    from llmkit.training import llmkit_trainer
 
-    class PairMeanRewardTrainer(length_balanced(RewardTrainer)):
+    class PairMeanRewardTrainer(llmkit_trainer(RewardTrainer)):
         """TRL's RewardTrainer, with the loss of an optimizer step the mean over all its pairs however they are
         split into micro-batches.
 

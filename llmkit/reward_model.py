@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from llmkit.chat_format import fit_roles
 from llmkit.formats import as_messages
 from llmkit.runs import StageError
 
@@ -238,7 +239,7 @@ def render(tokenizer, prompt, response) -> list[int]:
     """Token ids of prompt + response through the chat template, as TRL's RewardTrainer tokenizes a pair. A
     response is the answer's text, or its messages (an answer that runs over several turns)."""
     answer = [{"role": "assistant", "content": response}] if isinstance(response, str) else list(response)
-    return list(tokenizer.apply_chat_template(as_messages(prompt) + answer, tokenize=True,
+    return list(tokenizer.apply_chat_template(as_messages(fit_roles(tokenizer, prompt)) + answer, tokenize=True,
                                               return_dict=True)["input_ids"])
 
 

@@ -9,9 +9,9 @@ model also learns to stop:
 Full fine-tuning updates every weight; **LoRA** (`lora=True`, through peft) freezes them and learns a low-rank
 update W + (α/r)·B·A for the chosen linear layers, so a small fraction of the parameters trains. After
 training the adapter is merged (`merge_and_unload`) into a plain checkpoint that `AutoModelForCausalLM`
-loads; the adapter itself is kept in `adapter/`. In both, the token embeddings stay fixed except the rows of the
-chat tokens (<|im_start|>, <|im_end|>) and of the answers' tokens the run's pretraining data never contains:
-pretraining never saw them, so there is nothing to keep (see `chat_token_ids`, `unseen_token_ids`).
+loads; the adapter itself is kept in `adapter/`. In both, the token embeddings stay fixed except the rows of
+tokens the base model never learned: the chat tokens (<|im_start|>, <|im_end|>) of a model pretrained without
+conversations, and the answers' tokens the run's pretraining data never contains (see `rows_to_train`).
 
 The closed world measures what SFT did: accuracy on questions about people the SFT data never names
 (held-out: knowledge the model can only have from pretraining) and about people it does name (trained),
@@ -138,7 +138,8 @@ def run(config: SFTConfig, run_dir: str | Path, overwrite: bool = False, progres
         log = runs.LogWriter(out.work / "log.jsonl", callbacks)
         unseen = (unseen_token_ids(base, tokenizer, answer_token_ids(tokenizer, train_rows))
                   if config.train_unseen_tokens else [])
-        trainer = build_trainer(config, tokenizer, model, train_ids, eval_ids, out.work, progress, unseen)
+        rows = sorted(set(rows_to_train(tokenizer, model)) | set(unseen))
+        trainer = build_trainer(config, tokenizer, model, train_ids, eval_ids, out.work, progress, rows)
         trainer.add_callback(training.log_callback(log))
         trainable, total = training.trainable_parameters(trainer.model)
         if progress:
@@ -179,11 +180,11 @@ def run(config: SFTConfig, run_dir: str | Path, overwrite: bool = False, progres
 
 
 def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], eval_rows: list[dict], work: Path,
-                  progress: bool = False, unseen_tokens: list[int] = ()):
+                  progress: bool = False, embedding_rows: list[int] | None = None):
     """TRL's SFTTrainer set up as llmkit runs it: assistant-only loss, cosine schedule, length-balanced
     micro-batches, LoRA if asked, the embeddings frozen but the rows that must train.
     Rows: conversations ({"messages": ...}) or what `chat_format.tokenize_conversations` made of them.
-    `unseen_tokens`: tokens pretraining never saw, whose embedding rows train beside the chat tokens'."""
+    `embedding_rows`: the token-embedding rows that train (default: `rows_to_train`)."""
     from datasets import Dataset
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
@@ -204,7 +205,7 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
         eval_steps=config.eval_every, logging_steps=max(1, config.eval_every // 5),
         **training.checkpointing(config.save_every)))
     peft_config = training.lora_config(config, "CAUSAL_LM", model) if config.lora else None
-    trainer = training.length_balanced(SFTTrainer)(
+    trainer = training.llmkit_trainer(SFTTrainer)(
         model=model, args=args, train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows),
         processing_class=tokenizer, peft_config=peft_config)
     training.quiet(trainer)
@@ -214,12 +215,13 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
         # train, beside the adapters too (peft's own trainable_token_indices breaks TRL's fused LM head, which
         # reads the tied head's weight and bias directly); they end up in the merged model, not in adapter/.
         # Done after peft has wrapped the model and before train() builds the optimizer.
-        rows = sorted(set(chat_token_ids(tokenizer)) | set(unseen_tokens))
+        rows = rows_to_train(tokenizer, model) if embedding_rows is None else embedding_rows
         keep_rows = training.freeze_embeddings_except(trainer.model.get_input_embeddings(), rows)
         if keep_rows is not None:
             trainer.add_callback(keep_rows)
         if config.lora:
             trainer.add_callback(training.save_trained_rows(trainer))
+    training.check_sharding(trainer)
     return trainer
 
 
@@ -250,6 +252,23 @@ def chat_token_ids(tokenizer) -> list[int]:
     from llmkit.chat_format import template_token_ids
 
     return template_token_ids(tokenizer)
+
+
+def rows_to_train(tokenizer, model) -> list[int]:
+    """The chat tokens whose embedding rows SFT trains: those the base model never learned to use.
+    - A model on llmkit's ChatML template — llmkit's own models, pretrained without conversations, and any base
+      that came without a template and got llmkit's tokens: every chat token (`chat_token_ids`).
+    - A family's model on its own template: only the chat tokens whose rows look untrained — a norm under 1/1000
+      of the median row's, as Llama 3 base leaves <|eot_id|> and its header tokens. Rows its makers trained
+      (Qwen2.5's and SmolLM2's <|im_start|> and <|im_end|>) stay as they are, as in a plain TRL or peft run, and the
+      run holds no gradient or optimizer state for the embedding matrix (V × d: 136 M values on Qwen2.5-0.5B)."""
+    from llmkit.tokenizer import CHAT_TEMPLATE
+
+    chat = chat_token_ids(tokenizer)
+    if tokenizer.chat_template in (CHAT_TEMPLATE, CHAT_TEMPLATE.replace("{{ bos_token }}", "")):
+        return chat
+    norms = model.get_input_embeddings().weight.detach().float().norm(dim=1)
+    return [t for t in chat if t < len(norms) and norms[t] < 1e-3 * norms.median()]
 
 
 def unseen_token_ids(base: Path, tokenizer, used: set[int] | None = None) -> list[int]:

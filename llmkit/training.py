@@ -1,7 +1,7 @@
 """How llmkit drives a transformers/TRL Trainer: what SFT, the reward model, DPO, GRPO and RLOO share.
 
     args = training.trainer_arguments(config, out.work, progress, micro, accumulation, lr_scheduler_type="cosine")
-    trainer = training.length_balanced(SFTTrainer)(model=..., args=SFTConfig(**args), ...)
+    trainer = training.llmkit_trainer(SFTTrainer)(model=..., args=SFTConfig(**args), ...)
     trainer.add_callback(training.log_callback(log))      # log.jsonl in llmkit's names, and the live monitor
     trainer.train()
     model = training.save_trained(trainer, tokenizer, out.work)
@@ -205,6 +205,35 @@ def log_callback(log: runs.LogWriter, names: tuple = ()):
     return LogToRunFolder()
 
 
+def check_sharding(trainer):
+    """`trainer`, or a clear error before training where the run would not be what was asked for:
+    - FSDP or DeepSpeed asked for (`accelerate launch --config_file configs/accelerate/fsdp.yaml ...` sets
+      ACCELERATE_USE_FSDP) but not running: accelerate 1.16 turns them on only on GPUs and other accelerators; on
+      CPU processes it drops the plugin without a word and trains plain DDP, every weight on every process;
+    - some rows of the token embedding training (`freeze_embeddings_except`) on a sharded model: FSDP and ZeRO-3
+      replace the weight with their shards, so the hook that keeps the other rows fixed is lost and the whole
+      embedding would train."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    running = trainer.accelerator.distributed_type
+    for name, variable, kind in (("FSDP", "ACCELERATE_USE_FSDP", DistributedType.FSDP),
+                                 ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
+        if os.environ.get(variable, "false").lower() == "true" and running != kind:
+            raise runs.StageError(
+                f"{name} was asked for ({variable}=true) but accelerate runs {running.value}: accelerate shards "
+                "only on GPUs (on CPU processes it would train plain DDP). On CPUs launch with "
+                "configs/accelerate/multi_gpu.yaml and --cpu, or without a config (llmkit.launch)")
+    weight = input_embedding(trainer.model)
+    if running in (DistributedType.FSDP, DistributedType.DEEPSPEED) and getattr(weight, "trained_rows", None):
+        raise runs.StageError(
+            f"{weight.trained_rows} rows of the token embedding would train and the others stay fixed, which "
+            f"{running.value} cannot keep (it replaces the weight with its shards): train every row "
+            "(freeze_embeddings=False, --no-freeze-embeddings), or run with DDP")
+    return trainer
+
+
 def quiet(trainer):
     """The trainer without transformers' printer (llmkit writes log.jsonl and the monitor shows it)."""
     from transformers.trainer_callback import PrinterCallback
@@ -222,28 +251,45 @@ def sampling_strategy(balance_lengths: bool, accumulation: int) -> str:
 
 
 @functools.cache
-def length_balanced(trainer_class: type) -> type:
-    """`trainer_class` (a transformers Trainer) whose length-balanced sampler shuffles by the run's seed:
-    transformers 5.24 builds its `BatchRebalanceSampler` with that class's own seed (42), whatever
-    `seed` / `data_seed` say."""
+def llmkit_trainer(trainer_class: type) -> type:
+    """`trainer_class` (a transformers or TRL Trainer) as llmkit runs it:
+    - its length-balanced sampler shuffles by the run's seed: transformers 5.24 builds its `BatchRebalanceSampler`
+      with that class's own seed (42), whatever `seed` / `data_seed` say;
+    - an embedding that trains in some rows only (`freeze_embeddings_except`) enters the optimizer as those rows."""
     from transformers.trainer_pt_utils import BatchRebalanceSampler
 
-    class LengthBalanced(trainer_class):
+    class LlmkitTrainer(trainer_class):
+        def create_optimizer(self, model=None):
+            weight = input_embedding(self.model)
+            rows = getattr(weight, "row_parameter", None)
+            if rows is None or self.optimizer is not None:
+                return super().create_optimizer(model)
+            weight.requires_grad_(False)  # the optimizer takes the rows' parameter instead of the matrix
+            try:
+                super().create_optimizer(model)
+            finally:
+                weight.requires_grad_(True)
+            self.optimizer.add_param_group({"params": [rows], "weight_decay": self.args.weight_decay})
+            return self.optimizer
+
         def _get_train_sampler(self, train_dataset=None):
             sampler = super()._get_train_sampler(train_dataset)
             if isinstance(sampler, BatchRebalanceSampler):
                 sampler.seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             return sampler
 
-    LengthBalanced.__name__ = LengthBalanced.__qualname__ = f"LengthBalanced{trainer_class.__name__}"
-    return LengthBalanced
+    LlmkitTrainer.__name__ = LlmkitTrainer.__qualname__ = f"Llmkit{trainer_class.__name__}"
+    return LlmkitTrainer
 
 
 def freeze_embeddings_except(embedding, token_ids: list[int]):
-    """Keep a token embedding fixed except the rows of `token_ids`, which train. Their gradient is zeroed
-    elsewhere, so the optimizer's state for the frozen rows stays zero; the returned trainer callback puts them
-    back after each step as well, which matters only with weight decay (it shrinks every row). Returns None (and
-    freezes the whole embedding) when `token_ids` is empty."""
+    """Keep a token embedding fixed except the rows of `token_ids`, which train. Returns a trainer callback (None,
+    with the whole embedding frozen, when `token_ids` is empty) for a trainer made by `llmkit_trainer`, whose
+    optimizer then holds those rows alone — a parameter of len(token_ids) × d (`weight.row_parameter`) — instead
+    of the whole V × d matrix: AdamW keeps no moments for the frozen rows and weight decay cannot touch them.
+    The embedding's gradient is masked to the trained rows as autograd makes it (so gradient clipping sees the
+    trained rows' gradient alone); after clipping it moves into the rows' parameter and the full-size gradient is
+    freed; after the step the rows are written back into the embedding."""
     import torch
     from transformers import TrainerCallback
 
@@ -253,24 +299,38 @@ def freeze_embeddings_except(embedding, token_ids: list[int]):
         return None
     weight.requires_grad_(True)
     weight.trained_rows = len(token_ids)
-    # The mask and the frozen copy follow the weight when the trainer moves it (to a GPU): moved once, not per step.
-    held = {"mask": torch.zeros(weight.shape[0], 1, dtype=weight.dtype), "frozen": weight.detach().clone()}
-    held["mask"][token_ids] = 1.0
+    index = torch.tensor(sorted(token_ids), device=weight.device)
+    rows = weight.row_parameter = torch.nn.Parameter(weight.detach()[index].clone())
+    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    mask[index] = 1.0
+    weight.register_hook(lambda grad: grad * mask.to(grad.device, grad.dtype))
 
-    def on(device) -> dict:
-        if held["mask"].device != device:
-            held.update(mask=held["mask"].to(device), frozen=held["frozen"].to(device))
-        return held
-
-    weight.register_hook(lambda grad: grad * on(grad.device)["mask"].to(grad.dtype))
-
-    class KeepFrozenRows(TrainerCallback):
-        def on_optimizer_step(self, args, state, control, **kwargs):
-            rows = on(weight.device)
+    class TrainRows(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            if optimizer is None or not any(rows is p for group in optimizer.param_groups for p in group["params"]):
+                raise runs.StageError("freeze_embeddings_except: the trainer's optimizer does not hold the trained "
+                                      "rows; build the trainer with training.llmkit_trainer(...)")
             with torch.no_grad():
-                weight.copy_(torch.where(rows["mask"].bool(), weight, rows["frozen"].to(weight.dtype)))
+                rows.copy_(weight[index])  # a resumed run has loaded its weights by now
 
-    return KeepFrozenRows()
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):  # after clipping
+            if weight.grad is not None:
+                rows.grad = weight.grad[index]
+                weight.grad = None
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            with torch.no_grad():
+                weight[index] = rows
+            rows.grad = None
+
+    return TrainRows()
+
+
+def input_embedding(model):
+    """The token embedding's weight of a transformers model; None for a model without one (the likelihood reward
+    model wraps two)."""
+    get = getattr(model, "get_input_embeddings", None)
+    return get().weight if get is not None else None
 
 
 def trainable_parameters(model) -> tuple[int, int]:

@@ -140,6 +140,78 @@ def test_lora_sft_then_a_reward_model_then_rl_end_to_end(name, stand_ins, tmp_pa
     assert verdicts["sft"].startswith("RM score ")
 
 
+def test_lora_trains_the_chat_rows_a_family_never_learned_and_leaves_the_rest(stand_ins, tmp_path):
+    """A family's own chat tokens, trained by its makers (the stand-ins' rows are like any other), keep their
+    embedding rows, as in a plain peft run; Llama 3 base leaves <|eot_id|> and its header tokens untrained (rows of
+    about zero): those rows train, and only those; GPT-2 gets llmkit's tokens, which train."""
+    import shutil
+
+    def embedding(folder):
+        return AutoModelForCausalLM.from_pretrained(folder).get_input_embeddings().weight.detach()
+
+    tokenizer, model = sft.load_base(stand_ins["qwen2.5"])
+    assert sft.chat_token_ids(tokenizer) and sft.rows_to_train(tokenizer, model) == []
+    result = sft.run(sft.SFTConfig(base_model=str(stand_ins["qwen2.5"]), lora=True, max_examples=16,
+                                   closed_world=False, **_fast()), tmp_path / "qwen", progress=False)
+    assert torch.equal(embedding(result.output_dir), embedding(stand_ins["qwen2.5"]))
+
+    llama = tmp_path / "llama3_base"
+    shutil.copytree(stand_ins["llama3"], llama)
+    tokenizer, model = sft.load_base(llama)
+    chat = sft.chat_token_ids(tokenizer)
+    assert set(tokenizer.convert_ids_to_tokens(chat)) == {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"}
+    assert sft.rows_to_train(tokenizer, model) == []
+    with torch.no_grad():
+        model.get_input_embeddings().weight[chat] = 1e-6
+    model.save_pretrained(llama)
+    tokenizer, model = sft.load_base(llama)
+    assert sft.rows_to_train(tokenizer, model) == chat
+    result = sft.run(sft.SFTConfig(base_model=str(llama), lora=True, max_examples=16, closed_world=False,
+                                   **_fast()), tmp_path / "llama", progress=False)
+    changed = (embedding(result.output_dir) - embedding(llama)).abs().amax(dim=1) > 0
+    assert changed.nonzero().flatten().tolist() == chat
+    assert result.metrics["trainable_params"] > 0
+
+    tokenizer, model = sft.load_base(stand_ins["gpt2"])
+    assert set(tokenizer.convert_ids_to_tokens(sft.rows_to_train(tokenizer, model))) == {"<|im_start|>", "<|im_end|>"}
+
+
+@pytest.mark.parametrize("name", ["gemma2", "mistral", "qwen2.5"])
+def test_a_system_turn_reaches_every_template_even_one_without_a_system_role(name, stand_ins):
+    """Gemma 2's and Mistral's templates raise on a system turn: the reward model, the generators (PPO, the
+    evaluation, GRPO/RLOO's prompts) and the preference rows of the reward stage and DPO fold it into the first
+    user turn; a template with a system role gets it as it is."""
+    from llmkit import generation, reward_model
+
+    tokenizer = _chat_tokenizer(stand_ins[name])
+    system = [{"role": "system", "content": "Answer in one line."}, {"role": "user", "content": "Where was Ada born?"}]
+    folds = name != "qwen2.5"
+    assert chat_format.accepts_system(tokenizer) is not folds
+    if folds:
+        from jinja2 import TemplateError
+
+        with pytest.raises(TemplateError):
+            tokenizer.apply_chat_template(system, tokenize=False)
+    prompt = generation.chat_prompts(tokenizer, [system])[0]
+    ids = reward_model.render(tokenizer, system, "In Elmford.")
+    (fitted,), _ = generation.fit_messages(tokenizer, [system], 10_000)
+    assert "Answer in one line." in prompt and "Answer in one line." in tokenizer.decode(ids)
+    assert [m["role"] for m in fitted] == (["user"] if folds else ["system", "user"])
+    explicit = {"prompt": system, "chosen": [{"role": "assistant", "content": "Elmford."}],
+                "rejected": [{"role": "assistant", "content": "No idea."}]}
+    implicit = {"chosen": [*system, {"role": "assistant", "content": "Elmford."}],
+                "rejected": [*system, {"role": "assistant", "content": "No idea."}]}
+    fitted_pairs = chat_format.fit_pairs(tokenizer, [explicit, implicit])
+    if not folds:
+        assert fitted_pairs == [explicit, implicit]
+    for row in fitted_pairs:
+        prompt = row.get("prompt", [])
+        for answer in (row["chosen"], row["rejected"]):
+            text = tokenizer.apply_chat_template(prompt + answer, tokenize=False)  # renders
+            assert "Answer in one line." in text
+            assert any(m["role"] == "system" for m in prompt + answer) is not folds
+
+
 def test_generation_stops_at_the_family_end_of_turn_token(stand_ins, tmp_path):
     """A Llama 3 stand-in taught to answer "OK<|eot_id|>": generation stops at <|eot_id|>, not at its EOS
     (<|end_of_text|>), in the batch sampler and in the chat app's token stream alike."""

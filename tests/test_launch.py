@@ -145,3 +145,42 @@ def test_accelerate_config_files_load_and_name_their_command():
     assert load_config_from_file(str(folder / "multi_node.yaml")).num_machines == 2
     assert load_config_from_file(str(folder / "fsdp.yaml")).fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == \
         "LlamaDecoderLayer"
+
+
+def test_fsdp_asked_for_on_cpu_processes_is_a_clear_error_not_silent_ddp(base_model, tmp_path, monkeypatch):
+    """accelerate 1.16 turns FSDP on only on GPUs: launched with configs/accelerate/fsdp.yaml on CPUs it would
+    train plain DDP without a word. Every TRL-based stage checks what runs against what was asked for."""
+    from llmkit import sft
+
+    tokenizer, model = sft.load_base(base_model)
+    rows = [{"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}] * 2
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(runs.StageError, match=r"FSDP was asked for \(ACCELERATE_USE_FSDP=true\) but accelerate runs"):
+        sft.build_trainer(sft.SFTConfig(max_steps=1, batch_size=2), tokenizer, model, rows, rows, tmp_path)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    assert sft.build_trainer(sft.SFTConfig(max_steps=1, batch_size=2), tokenizer, model, rows, rows, tmp_path)
+
+
+def test_some_embedding_rows_training_under_fsdp_or_zero_is_refused():
+    """FSDP and ZeRO-3 replace the embedding weight with their shards and lose the hook that keeps the other rows
+    fixed: the whole embedding would train. Refused, naming the way out; a fully frozen or fully trained
+    embedding passes."""
+    from types import SimpleNamespace
+
+    import torch
+    from accelerate.utils import DistributedType
+
+    from llmkit import training
+
+    embedding = torch.nn.Embedding(10, 4)
+    model = SimpleNamespace(get_input_embeddings=lambda: embedding)
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        trainer = SimpleNamespace(accelerator=SimpleNamespace(distributed_type=kind), model=model)
+        assert training.check_sharding(trainer) is trainer
+        training.freeze_embeddings_except(embedding, [1, 2])
+        with pytest.raises(runs.StageError, match="2 rows of the token embedding .* --no-freeze-embeddings"):
+            training.check_sharding(trainer)
+        del embedding.weight.trained_rows
+    ddp = SimpleNamespace(accelerator=SimpleNamespace(distributed_type=DistributedType.MULTI_CPU), model=model)
+    training.freeze_embeddings_except(embedding, [1, 2])
+    assert training.check_sharding(ddp) is ddp

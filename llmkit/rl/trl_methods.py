@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit import runs
+from llmkit.chat_format import fit_pairs
 from llmkit.config import MAX_BAD_ROWS_HELP, SAVE_EVERY_HELP, StageConfig, configure, option
 from llmkit.curves import save_curves
 from llmkit.formats import PREFERENCE_FORMATS, as_messages, read_preferences
@@ -168,8 +169,8 @@ def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path, prompts:
         from trl import DPOConfig, DPOTrainer
 
         trainer = DPOTrainer(model=policy, args=DPOConfig(**args, beta=config.beta, max_length=config.max_length),
-                             train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
-        return training.quiet(trainer), tokenizer
+                             train_dataset=Dataset.from_list(fit_pairs(tokenizer, pairs)), processing_class=tokenizer)
+        return training.quiet(training.check_sharding(trainer)), tokenizer
     import torch
     from accelerate import PartialState
 
@@ -192,5 +193,5 @@ def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path, prompts:
         from trl import RLOOTrainer as Trainer
     trainer = Trainer(model=policy, reward_funcs=[reward_model], args=Config(**kwargs), train_dataset=dataset,
                       processing_class=tokenizer)
-    return training.quiet(trainer), tokenizer
+    return training.quiet(training.check_sharding(trainer)), tokenizer
 
