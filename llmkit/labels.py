@@ -16,6 +16,7 @@ its votes into the same file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -60,8 +61,9 @@ def load_items(path: str | Path) -> list[Item]:
         try:
             if isinstance(row, dict) and "responses" in row:
                 responses = row["responses"]
-                if not (isinstance(responses, list) and len(responses) == 2 and all(isinstance(r, str) for r in responses)):
-                    raise ValueError("`responses` must be a list of two strings")
+                if not (isinstance(responses, list) and len(responses) == 2
+                        and all(isinstance(r, str) and r.strip() for r in responses)):
+                    raise ValueError("`responses` must be a list of two non-empty strings")
                 prompt = row.get("prompt")
                 if not isinstance(prompt, (str, list)) or not prompt:
                     raise ValueError("`prompt` must be a string or a list of messages")
@@ -75,6 +77,8 @@ def load_items(path: str | Path) -> list[Item]:
                 pair = to_preference(row, fmt)
                 if len(pair["chosen"]) != 1 or len(pair["rejected"]) != 1:
                     raise ValueError("its answers run over several turns; an item compares two single answers")
+                if not (pair["chosen"][0]["content"].strip() and pair["rejected"][0]["content"].strip()):
+                    raise ValueError("an answer is empty")
                 item = make_item(pair["prompt"], [pair["chosen"][0]["content"], pair["rejected"][0]["content"]],
                                  {"dataset_preferred": 0})
         except (ValueError, TypeError, KeyError) as e:
@@ -126,18 +130,53 @@ def a_index(item_id_: str, annotator: str) -> int:
 # ---- the labels file -----------------------------------------------------------------------------
 class LabelStore:
     """The append-only labels file. `labels()` is the current state: the last unretracted label per
-    (annotator, item)."""
+    (annotator, item).
+
+    Several writers share one file — annotators' browser sessions in one app (threads), the annotation app and
+    the chat app's votes (processes) — so every check-then-write holds a lock: a thread lock within the process
+    and an exclusive `flock` on LABELS.lock across processes. A label is therefore written exactly once per
+    (annotator, item), whoever submits it and however often.
+
+    A damaged file opens with a warning naming the line: a last line cut mid-write (the machine lost power
+    before its newline reached the disk), or a line that is not a label. The intact labels are kept and the
+    damaged line is set aside in LABELS.damaged.jsonl ({"line", "reason", "text"}), never silently dropped; a cut
+    last line is also taken out of the file, so the next label does not glue onto it. Labelling goes on. The
+    reward stage reads the file through this class, with the same rule."""
 
     def __init__(self, path: str | Path):
+        import threading
+
         self.path = Path(path)
+        self.damaged_path = self.path.with_name(self.path.name.removesuffix(".jsonl") + ".damaged.jsonl")
+        self.damaged: list[dict] = []  # lines set aside, as recorded in the side file
         self._records: list[dict] = []
         self._offset = 0
-        self._repair_tail()
-        self.refresh()
+        self._line = 0  # lines read so far
+        self._thread_lock = threading.RLock()
+        with self._locked():
+            self._repair_tail()
+            self._read()
+
+    def _locked(self):
+        """The lock a check-then-write holds: this process's threads and every process on the file."""
+        import fcntl
+
+        @contextlib.contextmanager
+        def hold():
+            with self._thread_lock:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(lock, fcntl.LOCK_UN)
+
+        return hold()
 
     def _repair_tail(self) -> None:
-        """A process killed in the middle of a write leaves a last line without its newline: that label was
-        never reported as saved, so drop the fragment rather than let the next label be glued to it."""
+        """A last line without its newline was cut mid-write (writers hold the lock while they write, so it is
+        not one in progress): it was never reported as saved. It goes to the side file and out of this one."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return
         with open(self.path, "rb+") as f:
@@ -145,30 +184,63 @@ class LabelStore:
             if data.endswith(b"\n"):
                 return
             cut = data.rfind(b"\n") + 1
+            line = data[:cut].count(b"\n") + 1
+            self._set_aside(line, data[cut:].decode("utf-8", errors="replace"), "cut off mid-write (no newline)")
             f.truncate(cut)
             f.flush()
             os.fsync(f.fileno())
 
+    def _set_aside(self, line: int, text: str, reason: str) -> None:
+        import warnings
+
+        record = {"line": line, "reason": reason, "text": text}
+        self.damaged.append(record)
+        known = set()
+        if self.damaged_path.exists():
+            for old in self.damaged_path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError):
+                    known.add(json.dumps(json.loads(old), sort_keys=True))
+        if json.dumps(record, sort_keys=True) not in known:  # another reader of the same file set it aside already
+            with open(self.damaged_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        warnings.warn(f"{self.path}, line {line}: {reason}; the intact labels are kept and this line is set aside "
+                      f"in {self.damaged_path}", stacklevel=3)
+
     def refresh(self) -> None:
         """Read what was appended since the last read (another annotator's app may write the same file)."""
+        with self._thread_lock:
+            self._read()
+
+    def _read(self) -> None:
         if not self.path.exists():
             return
         with open(self.path, "rb") as f:
             f.seek(self._offset)
             chunk = f.read()
-        end = chunk.rfind(b"\n") + 1
-        for line in chunk[:end].decode("utf-8").splitlines():
-            if not line.strip():
+        end = chunk.rfind(b"\n") + 1  # a line still without its newline is read once it has one
+        for raw in chunk[:end].split(b"\n")[:-1]:
+            self._line += 1
+            text = raw.decode("utf-8", errors="replace")
+            if not text.strip():
                 continue
             try:
-                self._records.append(json.loads(line))
+                record = json.loads(text)
             except json.JSONDecodeError as e:
-                raise DataError(f"{self.path}: a line after byte {self._offset} is not JSON ({e}): {line[:80]!r}") from None
+                self._set_aside(self._line, text, f"not JSON ({e})")
+                continue
+            if not isinstance(record, dict) or not ({"label_id", "item_id", "annotator", "choice", "preferred",
+                                                      "prompt", "responses"} <= record.keys() or "undo" in record):
+                self._set_aside(self._line, text, "not a label: a label has label_id, item_id, annotator, choice, "
+                                                  "preferred, prompt and responses; an undo has undo")
+                continue
+            self._records.append(record)
         self._offset += end
 
     def _append(self, record: dict) -> None:
+        """Write one line and fsync it; the caller holds the lock."""
         new = not self.path.exists()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -182,16 +254,18 @@ class LabelStore:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-        self.refresh()
+        self._read()
 
     def records(self) -> list[dict]:
-        return list(self._records)
+        with self._thread_lock:
+            return list(self._records)
 
     def labels(self, annotator: str | None = None) -> dict[tuple[str, str], dict]:
         """{(annotator, item_id): label} for labels not retracted, in file order."""
-        retracted = {r["undo"] for r in self._records if "undo" in r}
+        records = self.records()
+        retracted = {r["undo"] for r in records if "undo" in r}
         out: dict[tuple[str, str], dict] = {}
-        for r in self._records:
+        for r in records:
             if "label_id" in r and r["label_id"] not in retracted and (annotator is None or r["annotator"] == annotator):
                 out[(r["annotator"], r["item_id"])] = r
         return out
@@ -203,26 +277,28 @@ class LabelStore:
             raise ValueError(f"choice {choice!r}; accepted: {', '.join(CHOICES)}")
         if not annotator.strip():
             raise ValueError("an annotator name is needed")
-        self.refresh()
-        if (annotator, item.id) in self.labels(annotator):
-            return None
         a_idx = a_index(item.id, annotator) if a_idx is None else a_idx
         preferred = {"A": a_idx, "B": 1 - a_idx}.get(choice)
         record = {"label_id": uuid.uuid4().hex, "item_id": item.id, "annotator": annotator, "choice": choice,
                   "a_index": a_idx, "preferred": preferred, "prompt": item.prompt, "responses": item.responses,
                   "note": note, "source": source, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self._append(record)
+        with self._locked():  # nobody writes between the check and the write
+            self._read()
+            if (annotator, item.id) in self.labels(annotator):
+                return None
+            self._append(record)
         return record
 
     def undo(self, annotator: str) -> dict | None:
         """Retract this annotator's most recent label; returns it (None if there is none)."""
-        self.refresh()
-        live = {r["label_id"] for r in self.labels(annotator).values()}
-        last = next((r for r in reversed(self._records) if r.get("label_id") in live), None)
-        if last is None:
-            return None
-        self._append({"undo": last["label_id"], "item_id": last["item_id"], "annotator": annotator,
-                      "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        with self._locked():
+            self._read()
+            live = {r["label_id"] for r in self.labels(annotator).values()}
+            last = next((r for r in reversed(self._records) if r.get("label_id") in live), None)
+            if last is None:
+                return None
+            self._append({"undo": last["label_id"], "item_id": last["item_id"], "annotator": annotator,
+                          "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return last
 
 

@@ -65,6 +65,38 @@ def browser_page():
             browser.close()
 
 
+@contextmanager
+def browser_pages(n: int):
+    """`n` pages, each in its own browser context (its own cookies and storage: n people), in one browser."""
+    from playwright.sync_api import sync_playwright
+
+    path = require_browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            pages = [browser.new_context().new_page() for _ in range(n)]
+            for page in pages:
+                page.set_default_timeout(60_000)
+            yield pages
+        finally:
+            browser.close()
+
+
+def outbound_probes(port: int) -> str:
+    """Text that makes a browser request http://127.0.0.1:`port`/... wherever it is rendered as Markdown or HTML
+    (image, raw HTML image and iframe, autolink preview) or run as script (a javascript: link)."""
+    return (f"![md](http://127.0.0.1:{port}/markdown.png) <img src=\"http://127.0.0.1:{port}/html.png\"> "
+            f"<iframe src=\"http://127.0.0.1:{port}/frame\"></iframe> [link](javascript:window.__probe=1) "
+            f"<http://127.0.0.1:{port}/autolink> <script>window.__probe=2</script>")
+
+
+def watch_requests(page) -> list[str]:
+    """Every URL `page` requests from now on."""
+    seen: list[str] = []
+    page.on("request", lambda request: seen.append(request.url))
+    return seen
+
+
 class Server:
     """`python -m llmkit <args>` serving on 127.0.0.1:port, killed with SIGKILL on `kill()`."""
 

@@ -3,7 +3,7 @@ vote that lands on disk, and model text shown as text."""
 
 import json
 
-from browser import Server, browser_page, free_port
+from browser import Server, browser_page, free_port, outbound_probes, watch_requests
 
 
 def _pane_text(page, i):
@@ -43,3 +43,31 @@ def test_two_checkpoints_answer_side_by_side_and_the_vote_is_saved(chat_run, tmp
         (rec,) = records
         assert rec["source"] == "chat" and rec["prompt"][-1]["content"] == "Where was <b>Ada</b> born?"
         assert rec["responses"][rec["preferred"]].strip() == answers[1].strip()
+
+
+def test_markdown_html_and_javascript_in_the_text_load_nothing_and_show_as_written(chat_run, tmp_path):
+    """A prompt carrying a Markdown image, raw HTML (an image, an iframe, a script), an autolink and a javascript:
+    link: the browser requests none of their URLs, runs nothing, and both panes show the text as it was typed."""
+    tracker = free_port()  # nothing listens there: a request to it is the leak
+    probes = outbound_probes(tracker)
+    server = Server(["chat", "--run-dir", str(chat_run), "--labels", str(tmp_path / "votes.jsonl")], free_port(),
+                    tmp_path, tmp_path / "server.log").start()
+    try:
+        with browser_page() as page:
+            seen = watch_requests(page)
+            page.goto(server.url)
+            page.wait_for_selector("#llmkit-send")
+            page.locator("#llmkit-prompt textarea").fill("Tell me about " + probes)
+            page.locator("#llmkit-send").click()
+            page.wait_for_function("() => [0, 1].every(i => document.querySelectorAll("
+                                   "`#llmkit-pane-${i} .message-row`).length >= 2)")
+            page.wait_for_function("() => document.querySelector('#llmkit-verdict-1 textarea').value !== ''")
+            page.wait_for_timeout(1000)  # give anything that would load the time to ask
+            for i in (0, 1):
+                assert _pane_text(page, i)[0].strip() == "Tell me about " + probes  # every character, as typed
+                pane = page.locator(f"#llmkit-pane-{i}")
+                assert pane.locator("img[src*='127.0.0.1'], iframe, a[href^='javascript']").count() == 0
+            assert page.evaluate("window.__probe === undefined")
+    finally:
+        server.kill()
+    assert not [url for url in seen if f":{tracker}" in url], seen

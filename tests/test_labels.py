@@ -13,6 +13,7 @@ from llmkit.labels import (
     export_pairs,
     load_items,
     make_item,
+    write_items,
 )
 from llmkit.loaders import DataError
 from widgets.annotate import AnnotationApp
@@ -84,16 +85,77 @@ def test_skip_and_undo(tmp_path):
     assert app.undo("ben")[6] == "Nothing to undo."
 
 
-def test_a_torn_last_line_is_dropped_and_writing_goes_on(tmp_path):
+def test_a_torn_last_line_is_set_aside_with_a_warning_and_writing_goes_on(tmp_path):
     path = tmp_path / "labels.jsonl"
     items = _items(2)
     LabelStore(path).add(items[0], "ana", "A")
     with open(path, "a") as f:
-        f.write('{"label_id": "half-writ')  # killed in the middle of a write
-    store = LabelStore(path)
-    assert len(store.labels()) == 1
+        f.write('{"label_id": "half-writ')  # the power went in the middle of a write
+    with pytest.warns(UserWarning, match=r"labels.jsonl, line 2: cut off mid-write .* set aside in .*labels.damaged.jsonl"):
+        store = LabelStore(path)
+    assert len(store.labels()) == 1 and path.read_text().endswith("}\n")  # the fragment is out of the file ...
+    (aside,) = [json.loads(x) for x in (tmp_path / "labels.damaged.jsonl").read_text().splitlines()]
+    assert aside["line"] == 2 and aside["text"] == '{"label_id": "half-writ'  # ... and kept beside it
     store.add(items[1], "ana", "B")
     assert len(_lines(path)) == 2
+
+
+def test_lines_that_are_not_labels_are_set_aside_and_the_reward_stage_reads_the_rest(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    items = _items(3)
+    LabelStore(path).add(items[0], "ana", "A")
+    with open(path, "a") as f:
+        f.write("<<<<<<< merge conflict\n")
+        f.write(json.dumps({"item_id": "x", "choice": "A"}) + "\n")
+    with pytest.warns(UserWarning):
+        LabelStore(path).add(items[1], "ana", "B")
+    with pytest.warns(UserWarning) as caught:
+        store = LabelStore(path)
+    assert [str(w.message).split(":")[0] for w in caught] == [f"{path}, line 2", f"{path}, line 3"]
+    assert "not JSON" in str(caught[0].message) and "not a label" in str(caught[1].message)
+    assert len(store.labels()) == 2 and len(path.read_text().splitlines()) == 4  # nothing rewritten
+    with pytest.warns(UserWarning):
+        rows, counts = export_pairs(path)  # what the reward stage calls: the same rule
+    assert counts["pairs"] == 2
+    with pytest.warns(UserWarning):
+        LabelStore(path)
+    assert len((tmp_path / "labels.damaged.jsonl").read_text().splitlines()) == 2  # set aside once, not per reader
+    store.add(items[2], "ana", "A")  # labelling goes on
+    with pytest.warns(UserWarning):
+        assert len(LabelStore(path).labels()) == 3
+
+
+def test_concurrent_writers_write_each_label_exactly_once(tmp_path):
+    """Eight threads (browser sessions of one app, two tabs of the same annotator among them) and two other
+    processes (another app, the chat app's votes) submit the same labels at once: each (annotator, item) is in the
+    file once, and nothing is lost."""
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "labels.jsonl"
+    items = _items(30)
+    write_items(tmp_path / "items.jsonl", items)
+    store = LabelStore(path)
+    script = ("import sys; from llmkit.labels import LabelStore, load_items\n"
+              "store = LabelStore(sys.argv[1])\n"
+              "for it in load_items(sys.argv[2]):\n"
+              "    for who in ('ana', 'chat'):\n"
+              "        store.add(it, who, 'A', source='chat' if who == 'chat' else 'annotate')\n")
+    others = [subprocess.Popen([sys.executable, "-c", script, str(path), str(tmp_path / "items.jsonl")])
+              for _ in range(2)]
+
+    def label(worker):
+        for it in items:
+            store.add(it, ["ana", "ben"][worker % 2], "B")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(label, range(8)))
+    assert all(p.wait(timeout=120) == 0 for p in others)
+    lines = _lines(path)
+    keys = [(r["annotator"], r["item_id"]) for r in lines]
+    assert len(keys) == len(set(keys)) == 3 * len(items)  # ana, ben, chat: every item once each
+    assert LabelStore(path).labels().keys() == set(keys)
 
 
 def test_kappa_agreement_and_disagreement_table(tmp_path):
@@ -145,5 +207,24 @@ def test_items_from_pairs_files_and_bad_items(tmp_path):
     assert [it.responses for it in items] == [["Hello.", "Go away."], ["Hello.", "No."]]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "Hi?", "responses": ["only one"]}) + "\n")
-    with pytest.raises(DataError, match=r"bad.jsonl:1.*two strings"):
+    with pytest.raises(DataError, match=r"bad.jsonl:1.*two non-empty strings"):
         load_items(bad)
+
+
+def test_empty_answers_are_a_clear_error_and_a_megabyte_answer_is_shown_cut_and_saved_whole(tmp_path):
+    from widgets.annotate import MAX_SHOWN
+
+    bad = tmp_path / "items.jsonl"
+    bad.write_text(json.dumps({"prompt": "Hi?", "responses": ["Hello.", "Hi."]}) + "\n" +
+                   json.dumps({"prompt": "Hi?", "chosen": "Hello.", "rejected": "  "}) + "\n")
+    with pytest.raises(DataError, match=r"items.jsonl:2.*an answer is empty|items.jsonl #2.*an answer is empty"):
+        load_items(bad)
+    huge = "word " * 200_000  # a megabyte
+    item = make_item("Summarise " + huge, [huge, "Short."])
+    app = AnnotationApp([item], tmp_path / "labels.jsonl")
+    _, prompt, a, b, *_ = app.start("ana")
+    long = a if len(a) > len(b) else b
+    assert len(long) < MAX_SHOWN + 100 and long.endswith(f"{len(huge) - MAX_SHOWN:,} more characters]")
+    assert "truncated for display" in prompt
+    app.choose("ana", item.id, "A")
+    assert _lines(tmp_path / "labels.jsonl")[0]["responses"][item.responses.index(huge)] == huge  # saved whole

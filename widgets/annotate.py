@@ -41,6 +41,16 @@ SHORTCUTS_JS = """
 """
 
 
+MAX_SHOWN = 20_000  # characters of a prompt or answer the page shows (a megabyte of text would stall it)
+
+
+def shown(text: str) -> str:
+    """`text`, or its first MAX_SHOWN characters with a line that says how much was cut (the label keeps it all)."""
+    if len(text) <= MAX_SHOWN:
+        return text
+    return text[:MAX_SHOWN] + f"\n\n[... truncated for display: {len(text) - MAX_SHOWN:,} more characters]"
+
+
 class AnnotationApp:
     """The app's state and event functions; `build()` lays them out as a Gradio Blocks app."""
 
@@ -68,7 +78,7 @@ class AnnotationApp:
         if item is None:
             return "", "", "", "", progress, "", status or "All items are labeled. Thank you!"
         a, b, _ = s.sides(item)
-        return item.id, item.prompt_text, a, b, progress, "", status
+        return item.id, shown(item.prompt_text), shown(a), shown(b), progress, "", status
 
     def start(self, name: str) -> tuple:
         try:
@@ -150,12 +160,14 @@ class AnnotationApp:
                 gr.Markdown("Keys: **1**/**a** A better · **2**/**b** B better · **3**/**t** tie · **4**/**x** both bad · "
                             "**s** skip · **u** undo (not while typing in a text box).")
             outputs = [shown, prompt, a, b, progress, note, status]
-            start.click(self.start, [name], outputs)
-            name.submit(self.start, [name], outputs)
+            # named endpoints: gradio_client drives the app by these names (benchmarks/apps_load.py)
+            start.click(self.start, [name], outputs, api_name="start")
+            name.submit(self.start, [name], outputs, api_visibility="private")
             for choice, button in buttons.items():
-                button.click(lambda n, i, t, c=choice: self.choose(n, i, c, t), [name, shown, note], outputs)
-            skip.click(self.skip, [name, shown], outputs)
-            undo.click(self.undo, [name], outputs)
+                button.click(lambda n, i, t, c=choice: self.choose(n, i, c, t), [name, shown, note], outputs,
+                             api_name=f"choose_{choice}")
+            skip.click(self.skip, [name, shown], outputs, api_name="skip")
+            undo.click(self.undo, [name], outputs, api_name="undo")
             with gr.Tab("Agreement"):
                 refresh = gr.Button("Compute agreement")
                 kappa = gr.Dataframe(headers=["annotators", "items", "agreement", "Cohen's kappa"], interactive=False)

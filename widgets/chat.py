@@ -173,8 +173,9 @@ class ChatCompare:
                     with gr.Column(visible=i < len(default)) as col:
                         columns.append(col)
                         title = default[i] if i < len(default) else ""
-                        panes.append(gr.Chatbot(label=title, height=320, sanitize_html=True, allow_tags=False,
-                                                elem_id=f"llmkit-pane-{i}"))
+                        # text as text: Markdown would turn ![x](url) into an image the browser fetches
+                        panes.append(gr.Chatbot(label=title, height=320, render_markdown=False, sanitize_html=True,
+                                                allow_tags=False, elem_id=f"llmkit-pane-{i}"))
                         notes.append(gr.Textbox(label="verdict", interactive=False, elem_id=f"llmkit-verdict-{i}"))
                         votes.append(gr.Button("Best answer", elem_id=f"llmkit-vote-{i}"))
             with gr.Row():
