@@ -148,7 +148,6 @@ class LabelStore:
 
         self.path = Path(path)
         self.damaged_path = self.path.with_name(self.path.name.removesuffix(".jsonl") + ".damaged.jsonl")
-        self.damaged: list[dict] = []  # lines set aside, as recorded in the side file
         self._records: list[dict] = []
         self._offset = 0
         self._line = 0  # lines read so far
@@ -157,22 +156,19 @@ class LabelStore:
             self._repair_tail()
             self._read()
 
+    @contextlib.contextmanager
     def _locked(self):
         """The lock a check-then-write holds: this process's threads and every process on the file."""
         import fcntl
 
-        @contextlib.contextmanager
-        def hold():
-            with self._thread_lock:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                    try:
-                        yield
-                    finally:
-                        fcntl.flock(lock, fcntl.LOCK_UN)
-
-        return hold()
+        with self._thread_lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _repair_tail(self) -> None:
         """A last line without its newline was cut mid-write (writers hold the lock while they write, so it is
@@ -194,7 +190,6 @@ class LabelStore:
         import warnings
 
         record = {"line": line, "reason": reason, "text": text}
-        self.damaged.append(record)
         known = set()
         if self.damaged_path.exists():
             for old in self.damaged_path.read_text(encoding="utf-8").splitlines():

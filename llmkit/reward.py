@@ -263,8 +263,7 @@ def build_trainer(config: RewardConfig, tokenizer, base: Path, train_rows: list[
     trainer = pair_mean_reward_trainer()(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                                          eval_dataset=Dataset.from_list(eval_rows), processing_class=tokenizer,
                                          peft_config=peft_config)
-    training.check_sharding(trainer)
-    return training.quiet(trainer)
+    return training.quiet(training.check_sharding(trainer))
 
 
 @functools.cache

@@ -262,12 +262,15 @@ def rows_to_train(tokenizer, model) -> list[int]:
       of the median row's, as Llama 3 base leaves <|eot_id|> and its header tokens. Rows its makers trained
       (Qwen2.5's and SmolLM2's <|im_start|> and <|im_end|>) stay as they are, as in a plain TRL or peft run, and the
       run holds no gradient or optimizer state for the embedding matrix (V × d: 136 M values on Qwen2.5-0.5B)."""
+    import torch
+
     from llmkit.tokenizer import CHAT_TEMPLATE
 
     chat = chat_token_ids(tokenizer)
     if tokenizer.chat_template in (CHAT_TEMPLATE, CHAT_TEMPLATE.replace("{{ bos_token }}", "")):
         return chat
-    norms = model.get_input_embeddings().weight.detach().float().norm(dim=1)
+    # row norms in float32 without a float32 copy of a bf16 matrix
+    norms = torch.linalg.vector_norm(model.get_input_embeddings().weight.detach(), dim=1, dtype=torch.float32)
     return [t for t in chat if t < len(norms) and norms[t] < 1e-3 * norms.median()]
 
 

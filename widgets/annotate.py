@@ -44,7 +44,7 @@ SHORTCUTS_JS = """
 MAX_SHOWN = 20_000  # characters of a prompt or answer the page shows (a megabyte of text would stall it)
 
 
-def shown(text: str) -> str:
+def for_display(text: str) -> str:
     """`text`, or its first MAX_SHOWN characters with a line that says how much was cut (the label keeps it all)."""
     if len(text) <= MAX_SHOWN:
         return text
@@ -78,7 +78,7 @@ class AnnotationApp:
         if item is None:
             return "", "", "", "", progress, "", status or "All items are labeled. Thank you!"
         a, b, _ = s.sides(item)
-        return item.id, shown(item.prompt_text), shown(a), shown(b), progress, "", status
+        return item.id, for_display(item.prompt_text), for_display(a), for_display(b), progress, "", status
 
     def start(self, name: str) -> tuple:
         try:
