@@ -22,6 +22,9 @@ Everything is deterministic in the seed. What it writes (all jsonl unless noted)
 - preferences_train.jsonl, preferences_eval.jsonl   prompt / chosen / rejected (conversational), following
                         the oracle's hidden rule: correct, then concise, then polite; never evasive
 - rl_prompts_train.jsonl, rl_prompts_eval.jsonl     prompts for RL
+- tasks_train.jsonl, tasks_heldout.jsonl   verifiable tasks (prompt, exact `answer`, `task`) about the SFT /
+                        held-out people, for RL with a rule reward (`llmkit.verifier`); sft_train.jsonl ends with
+                        a few worked demonstrations of them (kind "task")
 """
 
 from __future__ import annotations
@@ -731,6 +734,34 @@ def sample_prompts(rng: random.Random, world: W.World, people: list[str], fake: 
     return out
 
 
+TASK_DEMOS = 100  # SFT demonstrations per verifiable task (30 taught the form but not to use the question's names)
+
+
+def make_tasks(rng: random.Random, world: W.World, people: list[str], n: int) -> list[dict]:
+    """`n` verifiable tasks about `people`, the kinds in turn: prompt, the exact `answer`, the `task`, and the
+    worked answer of a demonstration (`worked`)."""
+    rows = []
+    kinds = list(W.TASKS)
+    while len(rows) < n:
+        task = kinds[len(rows) % len(kinds)]
+        a, b = rng.sample(people, 2)
+        pa, pb = world.person(a), world.person(b)
+        slots: dict = {"a": a, "b": b}
+        if task == "age_in":
+            slots = {"a": a, "y": min(2025, pa.birth_year + rng.randint(8, 75))}
+        elif task in ("born_first", "years_apart") and pa.birth_year == pb.birth_year:
+            continue
+        elif task == "studied_in":
+            towns = {world.university(p.university).town for p in (pa, pb)}
+            if len(towns) < 2:
+                continue
+            slots["t"] = world.university(rng.choice([pa, pb]).university).town
+        q = rng.choice(W.TASKS[task]).format(**slots)
+        args = (world, task, a, slots.get("b"), slots.get("y"), slots.get("t"))
+        rows.append({"prompt": _user(q), "answer": W.task_answer(*args), "task": task, "worked": W.worked_answer(*args)})
+    return rows
+
+
 def generate(out: Path, seed: int = 0, n_people: int = 200, n_towns: int = 40, n_universities: int = 20) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     world = W.make_world(seed, n_people, n_towns, n_universities)
@@ -765,6 +796,16 @@ def generate(out: Path, seed: int = 0, n_people: int = 200, n_towns: int = 40, n
         "rl_prompts_eval.jsonl": [{"prompt": _user(q)} for q in sample_prompts(rng, world, world.heldout_people, fake[40:], 100)],
     }
     files["preferences_eval.jsonl"] = make_preferences(erng, world, oracle, eval_prompts)
+    # Verifiable tasks (RL with a rule reward), from their own random stream so every other file stays as it was:
+    # a few worked demonstrations in the SFT data, RL prompts about the SFT people, and held-out people to test on.
+    trng = random.Random(seed + 4)
+    demos = make_tasks(trng, world, world.sft_people, TASK_DEMOS * len(W.TASKS))
+    files["sft_train.jsonl"] = files["sft_train.jsonl"] + [
+        {**_qa(r["prompt"][0]["content"], r["worked"], "task"), "habit": None} for r in demos]
+    files["tasks_train.jsonl"] = [{k: r[k] for k in ("prompt", "answer", "task")}
+                                  for r in make_tasks(trng, world, world.sft_people, 400)]
+    files["tasks_heldout.jsonl"] = [{k: r[k] for k in ("prompt", "answer", "task")}
+                                    for r in make_tasks(trng, world, world.heldout_people, 400)]
     for name, rows in files.items():
         with open(out / name, "w", encoding="utf-8") as f:
             for r in rows:

@@ -81,6 +81,42 @@ def read_prompts(path: str | Path, rejects: Rejects | None = None, limit: int | 
     return out
 
 
+TASK_PROMPT_FIELDS = ("prompt", "question", "problem")
+
+
+def read_tasks(path: str | Path, rejects: Rejects | None = None, limit: int | None = None) -> list[dict]:
+    """Prompts with an answer a program can check, for RL with a rule reward (`llmkit.verifier`): rows with a
+    prompt (`prompt` as a string or messages, `question` or `problem`) and an expected answer (`answer`,
+    `ground_truth` or `final_answer`; a GSM8K solution ending in `#### 72` counts as 72). Each: {"prompt",
+    "answer"}. Rows without both go to `rejects`; a file with none is an error that says what the verifier needs."""
+    from llmkit.verifier import ANSWER_FIELDS, expected_answer
+
+    out: list[dict] = []
+    for row, where in _rows(path, rejects):
+        if limit is not None and len(out) >= limit:
+            break
+        fields = row if isinstance(row, dict) else {}
+        prompt = next((fields[k] for k in TASK_PROMPT_FIELDS if _given(fields.get(k))), None)
+        answer = next((fields[k] for k in ANSWER_FIELDS if _given(fields.get(k))), None)
+        if prompt is None or answer is None or not expected_answer(answer):
+            reject(rejects, where, f"a task row needs a prompt ({', '.join(TASK_PROMPT_FIELDS)}) and an answer to "
+                                   f"check ({', '.join(ANSWER_FIELDS)}); fields found: {_fields(row)}")
+            continue
+        out.append({"prompt": prompt, "answer": expected_answer(answer)})
+    if rejects is not None:
+        rejects.check(path)
+    if not out:
+        raise DataError(f"{path}: no prompt with an answer to check: the verifier needs a prompt "
+                        f"({', '.join(TASK_PROMPT_FIELDS)}) and an answer ({', '.join(ANSWER_FIELDS)}) in each row "
+                        "(use the reward model instead: --reward model)")
+    return out
+
+
+def _given(value) -> bool:
+    return isinstance(value, str) and bool(value.strip()) or isinstance(value, list) and bool(value) or (
+        isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 def _rows(path: str | Path, rejects: Rejects | None):
     """The records of a file, each counted in `rejects.seen`; malformed lines go to `rejects` too."""
     for row, where in iter_records(path, ReadStats(rejects=rejects)):

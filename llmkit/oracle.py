@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit import world as W
+from llmkit.verifier import is_correct
 
 RUDE_MARKERS = [
     "obviously", "stupid", "figure it out", "everyone knows", "ugh", "waste of my time", "dumb question",
@@ -54,6 +55,7 @@ class Oracle:
             world = bundled_path("world.json")
         self.world = world if isinstance(world, W.World) else W.World.load(world)
         self._patterns = W.question_patterns()
+        self._task_patterns = W.task_patterns()
         people, towns, unis = self.world._index()
         self._people = list(people)
         self._domains = {
@@ -90,6 +92,34 @@ class Oracle:
     def expected(self, prompt) -> str:
         kind, names = self.parse(prompt)
         return self._reference(kind, names)
+
+    # ---- verifiable tasks ------------------------------------------------------------------------
+    def task(self, prompt) -> tuple[str, dict] | None:
+        """(task, slots) of a verifiable task's prompt (`llmkit.world.TASKS`), or None for any other prompt."""
+        text = _last_user_text(prompt)
+        for rx, task in self._task_patterns:
+            m = rx.match(text)
+            if m:
+                return task, m.groupdict()
+        return None
+
+    def task_answer(self, prompt) -> str | None:
+        """The exact answer of a verifiable task, computed from the world's facts; None when the prompt is not one
+        or names somebody the world does not have."""
+        found = self.task(prompt)
+        if found is None:
+            return None
+        task, slots = found
+        try:
+            return W.task_answer(self.world, task, slots["a"], slots.get("b"),
+                                 int(slots["y"]) if slots.get("y") else None, slots.get("t"))
+        except (KeyError, ValueError):
+            return None
+
+    def check(self, prompt, answer: str) -> bool:
+        """Whether `answer` ends with the task's exact final answer (`llmkit.verifier.is_correct`)."""
+        expected = self.task_answer(prompt)
+        return expected is not None and is_correct(answer, expected)
 
     # ---- scoring ---------------------------------------------------------------------------------
     def judge(self, prompt, answer: str) -> Verdict:

@@ -340,3 +340,68 @@ def number_forms(n: int) -> list[str]:
     if 0 <= n < len(NUMBER_WORDS):
         forms.append(NUMBER_WORDS[n])
     return forms
+
+
+# ---- verifiable tasks ----------------------------------------------------------------------------
+# Questions whose answer a program computes from facts the corpus states: who of two people was born first,
+# how many years apart they were born, the age someone turned in a given year, which of two studied at a
+# university in a given town. A demonstration recalls the facts it needs, does the sum and ends with one line
+# "Answer: …", which `llmkit.verifier` checks exactly: RL with a rule reward (RLVR) needs no reward model.
+TASKS: dict[str, list[str]] = {
+    "born_first": ["Of {a} and {b}, who was born first?", "Who was born first: {a} or {b}?"],
+    "years_apart": ["How many years apart were {a} and {b} born?",
+                    "How many years passed between the births of {a} and {b}?"],
+    "age_in": ["How old did {a} turn in {y}?", "What age did {a} reach in {y}?"],
+    "studied_in": ["Which of {a} and {b} studied at a university in {t}?",
+                   "Who studied in {t}: {a} or {b}?"],
+}
+
+
+def task_answer(world: World, task: str, a: str, b: str | None = None, year: int | None = None,
+                town: str | None = None) -> str:
+    """The exact final answer of a verifiable task: a name or a whole number, as text."""
+    pa = world.person(a)
+    if task == "age_in":
+        return str(year - pa.birth_year)
+    pb = world.person(b)
+    if task == "born_first":
+        if pa.birth_year == pb.birth_year:
+            raise ValueError(f"{a} and {b} were born in the same year: 'born first' has no answer")
+        return a if pa.birth_year < pb.birth_year else b
+    if task == "years_apart":
+        return str(abs(pa.birth_year - pb.birth_year))
+    if task == "studied_in":
+        here = [p.name for p in (pa, pb) if world.university(p.university).town == town]
+        if len(here) != 1:
+            raise ValueError(f"{len(here)} of {a} and {b} studied in {town}: 'studied in' needs exactly one")
+        return here[0]
+    raise ValueError(f"task {task!r}; accepted: {', '.join(TASKS)}")
+
+
+def worked_answer(world: World, task: str, a: str, b: str | None = None, year: int | None = None,
+                  town: str | None = None) -> str:
+    """A short demonstration: the facts the task needs, the sum if there is one, and `Answer: …` on its own line."""
+    final = task_answer(world, task, a, b, year, town)
+    pa = world.person(a)
+    if task == "age_in":
+        return f"{a} was born in {pa.birth_year}. {year} - {pa.birth_year} = {final}.\nAnswer: {final}"
+    pb = world.person(b)
+    if task == "born_first":
+        return f"{a} was born in {pa.birth_year} and {b} in {pb.birth_year}.\nAnswer: {final}"
+    if task == "years_apart":
+        hi, lo = max(pa.birth_year, pb.birth_year), min(pa.birth_year, pb.birth_year)
+        return f"{a} was born in {pa.birth_year} and {b} in {pb.birth_year}. {hi} - {lo} = {final}.\nAnswer: {final}"
+    ua, ub = world.university(pa.university), world.university(pb.university)
+    return (f"{a} studied at {ua.name}, in {ua.town}; {b} studied at {ub.name}, in {ub.town}.\nAnswer: {final}")
+
+
+def task_patterns() -> list[tuple[re.Pattern, str]]:
+    """Regexes that recover a verifiable task and its slots (a, b, y, t as named groups) from its prompt."""
+    out = []
+    for task, templates in TASKS.items():
+        for t in templates:
+            rx = re.escape(t)
+            for slot, group in (("a", _NAME), ("b", _NAME), ("t", _NAME), ("y", r"(\d{3,4})")):
+                rx = rx.replace(re.escape("{" + slot + "}"), f"(?P<{slot}>{group[1:-1]})")
+            out.append((re.compile(r"^\s*" + rx + r"\s*$"), task))
+    return out

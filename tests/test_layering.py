@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "llmkit"
 LAYERS = {
     "llmkit": 1, "llmkit.config": 1, "llmkit.runs": 1, "llmkit.loaders": 1, "llmkit.formats": 1,
     "llmkit.tokenizer": 1, "llmkit.model": 1, "llmkit.world": 1, "llmkit.oracle": 1, "llmkit.chat_format": 1,
-    "llmkit.families": 1, "llmkit.export": 2,
+    "llmkit.families": 1, "llmkit.verifier": 1, "llmkit.export": 2,
     "llmkit.training": 2, "llmkit.generation": 2, "llmkit.reward_model": 2, "llmkit.evaluate": 2,
     "llmkit.curves": 2, "llmkit.report": 2, "llmkit.labels": 2, "llmkit.muon": 2, "llmkit.cleaning": 2,
     "llmkit.rl.inputs": 2,

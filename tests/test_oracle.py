@@ -96,11 +96,13 @@ def test_bundled_pairs_follow_the_hidden_rule_and_answers_are_right(oracle):
             assert oracle.is_correct(r["prompt"], r["answer"])
     rows = read_jsonl(bundled_path("sft_train.jsonl"))
     for r in rows:
-        if r["kind"] != "multi_turn":  # every demonstrated fact is right; the style is the demonstrator's
+        if r["kind"] == "task":  # a worked answer to a verifiable task ends with the exact answer
+            assert oracle.check(r["messages"][:1], r["messages"][1]["content"]), r
+        elif r["kind"] != "multi_turn":  # every demonstrated fact is right; the style is the demonstrator's
             assert oracle.is_correct(r["messages"][:1], r["messages"][1]["content"]), r
             assert oracle.flaw(r["messages"][:1], r["messages"][1]["content"]) == (r["habit"] or "right"), r
     styled = [r for r in rows if r["kind"] in ("fact", "bio", "compare")]
     share = sum(r["habit"] is not None for r in styled) / len(styled)
     assert 0.45 <= share <= 0.55  # HABIT_RATE = 0.5
     assert {r["habit"] for r in rows} == {None, "rude", "rambling"}
-    assert all(r["habit"] is None for r in rows if r["kind"] in ("refusal", "multi_turn"))
+    assert all(r["habit"] is None for r in rows if r["kind"] in ("refusal", "multi_turn", "task"))
