@@ -1,7 +1,7 @@
 """The `llmkit` command: the same stage functions the notebooks call, for people who prefer a shell.
 
     llmkit pipeline [--run-dir runs/demo] [--preset tiny] [--stages data,pretrain,...] [--overwrite] [--sft.lora] ...
-    llmkit data | pretrain | sft | reward | ppo | grpo | rloo | dpo  --run-dir DIR [--preset P] [stage options]
+    llmkit data | pretrain | sft | reward | ppo | grpo | rloo | dpo | kto  --run-dir DIR [--preset P] [stage options]
     llmkit chat [--run-dir DIR] [--port N]
     llmkit label [--run-dir DIR] [--items PATH | --from-checkpoint DIR] [--annotator NAME] [--port N]
 

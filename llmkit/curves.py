@@ -58,18 +58,23 @@ def plot_training_log(log: str | Path | list[dict], fig=None):
     return fig
 
 
+HEALTH = (("entropy", "entropy"), ("clipfrac", "clipped tokens"), ("cut_at_cap", "answers cut at the cap"),
+          ("zero_std_groups", "groups with one reward"))  # llmkit.rl.health's signals, as the fourth panel draws them
+
+
 def plot_rl_log(rows: list[dict], fig=None):
-    """RL curves by step: the reward model's score (and the oracle's, on the closed world), the KL to the
-    reference, and response length with the fraction of responses that ended with EOS."""
+    """RL curves by step: the reward (and the oracle's score of the same answers, on the closed world: a gap that
+    widens is reward hacking), the KL to the reference, response length with the fraction of responses that ended
+    with EOS, and the health checks' signals (`llmkit.rl.health`)."""
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if "reward" in r]
     if fig is None:
         fig = plt.figure(figsize=(13, 3.6))
     fig.clear()
-    ax_r, ax_kl, ax_len = fig.subplots(1, 3)
+    ax_r, ax_kl, ax_len, ax_h = fig.subplots(1, 4)
     steps = [r["step"] for r in rows]
-    ax_r.plot(steps, [r["reward"] for r in rows], label="reward (RM score − EOS penalty)")
+    ax_r.plot(steps, [r["reward"] for r in rows], label="reward")
     if any("oracle_score" in r for r in rows):
         ax_o = ax_r.twinx()
         ax_o.plot(steps, [r.get("oracle_score") for r in rows], color="C2", label="oracle score")
@@ -85,7 +90,13 @@ def plot_rl_log(rows: list[dict], fig=None):
         ax_e.plot(steps, [r.get("eos_fraction") for r in rows], color="C4", linestyle="--")
         ax_e.set_ylabel("ended with EOS", color="C4")
         ax_e.set_ylim(0, 1.05)
-    for a in (ax_r, ax_kl, ax_len):
+    for key, label in HEALTH:
+        if any(key in r for r in rows):
+            ax_h.plot([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r], label=label)
+    ax_h.set_title("health")
+    if ax_h.lines:
+        ax_h.legend(fontsize=7)
+    for a in (ax_r, ax_kl, ax_len, ax_h):
         a.set_xlabel("step")
     fig.tight_layout()
     return fig

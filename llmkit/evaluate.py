@@ -123,9 +123,9 @@ def compare_policies(policy, reference, tokenizer, rm, prompts: list, max_new_to
         logp = response_logprobs(policy, mine.input_ids, mine.attention_mask, mine.n_prompt, temperature)
         ref_logp = response_logprobs(reference, mine.input_ids, mine.attention_mask, mine.n_prompt, temperature)
     kl = (logp - ref_logp) * mine.mask  # k1: log π − log π_ref on samples of π
-    out = {"eval_rm_score": sum(rm.score(prompts, mine.texts)) / len(prompts),
-           "eval_rm_score_sft": sum(rm.score(prompts, theirs.texts)) / len(prompts),
-           "eval_kl_per_token": (kl.sum() / mine.mask.sum().clamp(min=1)).item(),
+    out = {} if rm is None else {"eval_rm_score": sum(rm.score(prompts, mine.texts)) / len(prompts),
+                                 "eval_rm_score_sft": sum(rm.score(prompts, theirs.texts)) / len(prompts)}
+    out |= {"eval_kl_per_token": (kl.sum() / mine.mask.sum().clamp(min=1)).item(),
            "eval_kl_per_sequence": kl.sum(-1).mean().item(),
            "eval_response_length": mine.mask.sum(-1).mean().item(),
            "eval_response_length_sft": theirs.mask.sum(-1).mean().item(),
@@ -139,8 +139,9 @@ def compare_policies(policy, reference, tokenizer, rm, prompts: list, max_new_to
             total_mine, total_sft = total_mine + sa, total_sft + sb
             wins += 1.0 if sa > sb else 0.5 if sa == sb else 0.0
         habits = ("rude", "rambling")
+        _, low, high = win_rate_ci(rows, len(prompts) // samples_per_prompt)
         out.update(eval_oracle_score=total_mine / len(prompts), eval_oracle_score_sft=total_sft / len(prompts),
-                   oracle_win_rate=wins / len(prompts),
+                   oracle_win_rate=wins / len(prompts), oracle_win_rate_ci_low=low, oracle_win_rate_ci_high=high,
                    eval_habit_rate=sum(r["flaw_policy"] in habits for r in rows) / len(rows),
                    eval_habit_rate_sft=sum(r["flaw_sft"] in habits for r in rows) / len(rows),
                    eval_flaws=dict(Counter(r["flaw_policy"] for r in rows)),
@@ -149,13 +150,61 @@ def compare_policies(policy, reference, tokenizer, rm, prompts: list, max_new_to
     return out
 
 
-def evaluate_policy(model, reference, tokenizer, rm, prompts: list, config, reference_dir=None, oracle=None) -> dict:
+def win_rate_ci(rows: list[dict], n_prompts: int) -> tuple[float, float, float]:
+    """The oracle win-rate of `rows` (compare_policies' comparisons: prompt i's samples are rows i, i + n_prompts,
+    ...) with its 95 % interval over prompts: each prompt's own win-rate (ties count half) is one value, so several
+    answers to one prompt do not pass for independent evidence."""
+    per_prompt: dict[int, list[float]] = {}
+    for i, r in enumerate(rows):
+        a, b = r["oracle_policy"], r["oracle_sft"]
+        per_prompt.setdefault(i % max(1, n_prompts), []).append(1.0 if a > b else 0.5 if a == b else 0.0)
+    return mean_ci([sum(v) / len(v) for v in per_prompt.values()])
+
+
+def mean_ci(values: list[float], z: float = 1.96) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `values` and its 95 % confidence interval (normal approximation, the
+    standard error from the sample's own spread) — for a paired difference, the values are the differences."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = sum(values) / n
+    se = (sum((v - mean) ** 2 for v in values) / (n - 1) / n) ** 0.5 if n > 1 else float("inf")
+    return mean, mean - z * se, mean + z * se
+
+
+def task_accuracy(policy, reference, tokenizer, prompts: list, answers: list, max_new_tokens: int = 48) -> dict:
+    """Verifiable tasks: the share of `prompts` whose greedy answer ends in the exact `answers` (`llmkit.verifier`),
+    for the policy and the reference (SFT), and the policy's gain with its 95 % interval over the prompts (paired:
+    the same questions, one greedy answer each). Also the share of the policy's answers cut at `max_new_tokens`,
+    and `task_rows`: every question with both answers."""
+    from llmkit.verifier import is_correct
+
+    mine = chat_generate(policy, tokenizer, prompts, max_new_tokens)
+    theirs = chat_generate(reference, tokenizer, prompts, max_new_tokens)
+    right = [is_correct(a["text"], e) for a, e in zip(mine, answers)]
+    right_sft = [is_correct(a["text"], e) for a, e in zip(theirs, answers)]
+    gain, low, high = mean_ci([float(a) - float(b) for a, b in zip(right, right_sft)])
+    n = max(1, len(prompts))
+    rows = [{"prompt": prompt_text(p), "answer": e, "policy": a["text"], "sft": b["text"], "policy_correct": c,
+             "sft_correct": d} for p, e, a, b, c, d in zip(prompts, answers, mine, theirs, right, right_sft)]
+    return {"task_accuracy": sum(right) / n, "task_accuracy_sft": sum(right_sft) / n, "task_gain": gain,
+            "task_gain_ci_low": low, "task_gain_ci_high": high, "task_questions": len(prompts),
+            "task_cut_at_cap": sum(not a["ended"] for a in mine) / n, "task_rows": rows}
+
+
+def evaluate_policy(model, reference, tokenizer, rm, prompts: list, config, reference_dir=None, oracle=None,
+                    answers: list | None = None) -> dict:
     """What every RL stage reports: `compare_policies` on `prompts` with the config's `max_new_tokens`,
     `temperature`, `eval_samples_per_prompt` and `seed`, and, on the closed world (an `oracle`), closed-world QA
     against the reference (the SFT model, whose own QA is read from `reference_dir` when it asked the same
-    questions). `rows` holds every comparison; `warnings` says when most answers ran out of tokens."""
-    out = compare_policies(model, reference, tokenizer, rm, prompts, config.max_new_tokens, config.temperature,
-                           config.eval_samples_per_prompt, config.seed, oracle)
+    questions). With `answers` (verifiable tasks) also `task_accuracy` against the reference, and no oracle
+    win-rate (the oracle's preference rule is for questions about facts). `rows` holds every comparison;
+    `warnings` says when most answers ran out of tokens."""
+    sampled = prompts if answers is None else prompts[: config.eval_limit]  # the tasks' KL: on as many as the RM's
+    out = compare_policies(model, reference, tokenizer, rm, sampled, config.max_new_tokens, config.temperature,
+                           config.eval_samples_per_prompt, config.seed, oracle if answers is None else None)
+    if answers is not None:
+        out.update(task_accuracy(model, reference, tokenizer, prompts, answers, config.max_new_tokens))
     if out["eval_eos_fraction"] < 0.5:
         out["warnings"] = [f"{1 - out['eval_eos_fraction']:.0%} of its answers to the evaluation prompts ran out of "
                            f"tokens (max_new_tokens={config.max_new_tokens}) before they ended their turn: raise "

@@ -12,6 +12,10 @@ cache serves the whole batch. Sampling is transformers': temperature, then top-p
 top-k, whatever a checkpoint's generation config says; `do_sample=False` is greedy. A chat answer stops at any
 of the template's end-of-turn tokens (`llmkit.chat_format.end_of_turn_ids`: llmkit's and Qwen's <|im_end|>,
 Llama 3's <|eot_id|>, Gemma's <end_of_turn>, ... and the EOS).
+
+`generate(..., seeds=[...])` gives each row its own random draws (`SeededSampling`): the same prompt with the same
+seed gets the same answer whatever else is in the batch, which is how PPO's rollouts come out the same on one
+process and on N, each process generating its share of the batch.
 """
 
 from __future__ import annotations
@@ -112,11 +116,12 @@ def fit_to_context(prompt_ids: list[list[int]], max_new_tokens: int, context: in
 
 def generate(model, tokenizer, conversations: list, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, do_sample: bool = True, use_cache: bool = True,
-             eos_probability: bool = False) -> Generation:
+             eos_probability: bool = False, seeds: list[int] | None = None) -> Generation:
     """One answer per conversation, in one batch, never past the model's context (`fit_to_context`).
     `eos_probability`: also the model's probability of EOS at the position where each answer ended (greedy
     answers can end where that is low; sampled ones then rarely stop there) — it keeps every step's logits until
-    the batch is done."""
+    the batch is done. `seeds` (one per conversation, with sampling): row i draws its tokens from its own random
+    stream seeded with seeds[i] (`SeededSampling`) instead of the global torch RNG shared by the batch."""
     import torch
 
     from llmkit.chat_format import end_of_turn_ids
@@ -124,13 +129,19 @@ def generate(model, tokenizer, conversations: list, max_new_tokens: int, tempera
     stops, pad = end_of_turn_ids(tokenizer, getattr(model, "generation_config", None)), tokenizer.pad_token_id
     prompt_ids = tokenizer(chat_prompts(tokenizer, conversations), add_special_tokens=False)["input_ids"]
     prompt_ids, max_new_tokens, cut = fit_to_context(prompt_ids, max_new_tokens, context_length(model))
+    if seeds is not None and len(seeds) != len(prompt_ids):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompt_ids)} conversations; give one seed per conversation")
     with generation_mode(model, tokenizer) as device:
         enc = tokenizer.pad({"input_ids": prompt_ids}, return_tensors="pt").to(device)  # left: generation_mode
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                             temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
-                             top_k=0 if do_sample else None, use_cache=use_cache, pad_token_id=pad,
-                             eos_token_id=stops, return_dict_in_generate=True, output_logits=eos_probability)
-    n_prompt = enc["input_ids"].shape[1]
+        n_prompt = enc["input_ids"].shape[1]
+        sampling = {"do_sample": do_sample, "temperature": temperature if do_sample else None,
+                    "top_p": top_p if do_sample else None, "top_k": 0 if do_sample else None}
+        if do_sample and seeds is not None:  # the draw happens in the processor; generate keeps its pick
+            sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, "logits_processor":
+                        [SeededSampling(seeds, n_prompt, max_new_tokens, temperature, top_p)]}
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling, use_cache=use_cache,
+                             pad_token_id=pad, eos_token_id=stops, return_dict_in_generate=True,
+                             output_logits=eos_probability)
     answer = out.sequences[:, n_prompt:]
     stop_ids = torch.tensor(stops, device=answer.device)
     is_eos = torch.isin(answer, stop_ids)
@@ -147,6 +158,38 @@ def generate(model, tokenizer, conversations: list, max_new_tokens: int, tempera
                  for j, (t, e) in enumerate(zip(first_eos.tolist(), ended.tolist()))]
     return Generation(list(conversations), torch.cat([enc["input_ids"], answer], 1),
                       torch.cat([enc["attention_mask"], mask.long()], 1), n_prompt, mask, texts, ended, p_eos, cut)
+
+
+class SeededSampling:
+    """A logits processor that samples each row of a batch from its own random stream: transformers' temperature
+    and top-p warpers (as `generate` and `stream` use them), then one draw per row per step by inverse transform
+    sampling, u ~ U[0, 1) from the row's `torch.Generator` seeded with its seed: the token is the first whose
+    cumulative probability passes u. It returns scores that are −inf but at the drawn token, so greedy decoding
+    keeps exactly that token. A row's draws depend on its seed and step only, never on the other rows or the
+    padding; they are made on the CPU up front, so a seed draws the same numbers on any device."""
+
+    def __init__(self, seeds: list[int], n_prompt: int, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0):
+        import torch
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.n_prompt = n_prompt
+        self.uniforms = torch.stack([torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(int(s)))
+                                     for s in seeds])  # (rows, steps)
+        self.warpers = LogitsProcessorList()
+        if temperature != 1.0:
+            self.warpers.append(TemperatureLogitsWarper(float(temperature)))
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(float(top_p)))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        step = min(input_ids.shape[1] - self.n_prompt, self.uniforms.shape[1] - 1)
+        cdf = self.warpers(input_ids, scores).float().softmax(-1).cumsum(-1)
+        u = self.uniforms[:, step, None].to(cdf.device) * cdf[:, -1:]
+        token = (cdf <= u).sum(-1).clamp(max=cdf.shape[1] - 1)  # the first token whose cdf passes u
+        return torch.full_like(scores, float("-inf")).scatter(1, token[:, None], 0.0)
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_prompt: int,

@@ -10,9 +10,10 @@ process and N processes take the same optimizer steps on the same data (tests/te
 losses step by step). On a CPU-only machine the processes talk over gloo, which is how this is tested here;
 on GPUs the same call uses NCCL, one process per GPU.
 
-The data stage and PPO (llmkit's own loop, whose gradients are not synchronised across processes) run on
-the main process only; the others wait for it (the pipeline's registry says which, `llmkit.pipeline.run_stage`
-does the waiting).
+PPO, llmkit's own loop, does the same by itself: each process samples and scores its share of every rollout
+and takes its share of every minibatch, and the gradients are summed across processes (`llmkit.rl.ppo`). The
+data stage runs on the main process only; the others wait for it (the pipeline's registry says which,
+`llmkit.pipeline.run_stage` does the waiting).
 
 notebook_launcher's pitfalls, handled here:
 - processes are forked from the notebook's kernel, so nothing may have initialised CUDA before the launch

@@ -4,7 +4,7 @@
     run_pipeline("runs/demo", preset="tiny")                            # = llmkit pipeline
     run_pipeline("runs/demo", stages=["sft"], overrides={"sft": {"lora": True}})
 
-    data ─ pretrain ─ sft ─ reward ─ ppo          (grpo, rloo, dpo beside ppo, on request)
+    data ─ pretrain ─ sft ─ reward ─ ppo          (grpo, rloo, dpo, kto beside ppo, on request)
 
 Each stage is one module with a config dataclass, `config_for(preset)` and `run(config, run_dir)`; a stage
 reads the folders of the ones before it (RUN_DIR/pretrain, RUN_DIR/sft, ...) and writes its own. A finished
@@ -60,6 +60,9 @@ RL_ROWS = (Row("oracle win-rate vs SFT", "oracle_win_rate"), Row("KL to SFT per 
            Row("reward-model score (SFT's)", "eval_rm_score", beside="eval_rm_score_sft"),
            Row("answer length in tokens (SFT's)", "eval_response_length", beside="eval_response_length_sft"),
            Row("answers that ended their turn", "eval_eos_fraction"),
+           # with the verifier (--reward verifier): exact answers to held-out tasks, greedy, against SFT's
+           Row("verifiable tasks answered exactly (SFT's)", "task_accuracy", beside="task_accuracy_sft"),
+           Row("gain over SFT, 95 % interval's lower end", "task_gain_ci_low", above=0.0),
            Row("prompts cut to fit the context", "prompts_cut", hide_zero=True), REJECTED)
 
 REGISTRY = (
@@ -86,7 +89,7 @@ REGISTRY = (
           measurements={"reward": (Row("pairwise accuracy (eval split)", "eval_accuracy", at_least=0.9),
                                    Row("agreement with the oracle, fresh SFT answers", "oracle_agreement"), REJECTED)}),
     Stage("ppo", "RLHF with llmkit's PPO against the reward model", ppo.PPOConfig, ppo.config_for, ppo.run,
-          ppo.PRESETS, "chat", main_process_only=True,  # llmkit's own loop: no gradients synchronised across processes
+          ppo.PRESETS, "chat",
           measurements={"ppo": (Row("oracle win-rate vs SFT", "oracle_win_rate", at_least=0.65), *RL_ROWS[1:3],
                                 Row("trained QA (SFT's)", "qa_trained", beside="sft_qa_trained", max_drop=0.05),
                                 Row("rude or rambling answers (SFT's)", "eval_habit_rate", beside="eval_habit_rate_sft"),

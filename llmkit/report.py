@@ -21,7 +21,8 @@ from llmkit import runs
 class Row:
     """One measurement of a stage: its key in metrics.json, and optionally a bar and a value shown beside it.
 
-    `at_least` / `at_most`: a fixed bar. `beside`: the key of another value to show in parentheses (the SFT
+    `at_least` / `at_most`: a fixed bar; `above`: a bar the value must pass (a confidence interval's lower end
+    above zero). `beside`: the key of another value to show in parentheses (the SFT
     model's, for an RL stage). `max_drop`: the value may fall at most this far below `beside`'s — RL must not
     lose what SFT knew; answering more questions right than SFT is no failure. `hide_zero`: a count shown only
     when there is something to count."""
@@ -30,6 +31,7 @@ class Row:
     key: str
     at_least: float | None = None
     at_most: float | None = None
+    above: float | None = None
     beside: str | None = None
     max_drop: float | None = None
     hide_zero: bool = False
@@ -42,6 +44,8 @@ class Row:
             checks.append(value >= self.at_least)
         if self.at_most is not None:
             checks.append(value <= self.at_most)
+        if self.above is not None:
+            checks.append(value > self.above)
         if self.max_drop is not None:  # 16 of 320 questions is 0.05 exactly, which float subtraction can make
             checks.append(metrics[self.beside] - value <= self.max_drop + 1e-9)  # 0.0500000000000000x
         if not checks:
@@ -51,6 +55,7 @@ class Row:
     def bar(self) -> str:
         parts = [f">= {self.at_least:g}"] if self.at_least is not None else []
         parts += [f"<= {self.at_most:g}"] if self.at_most is not None else []
+        parts += [f"> {self.above:g}"] if self.above is not None else []
         parts += [f"at most {self.max_drop:g} below SFT"] if self.max_drop is not None else []
         return ", ".join(parts)
 

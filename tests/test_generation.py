@@ -79,3 +79,47 @@ def test_messages_for_trl_lose_their_oldest_turns_to_fit(base_model):
     assert cut == 2 and fitted[0] == [{"role": "user", "content": "Hi?"}]
     assert fitted[1] == [long_chat[0], long_chat[3]]  # the system message stays, the oldest turns go
     assert length(fitted[2]) <= 60 and fitted[2][0]["content"].endswith("Where is Elmford? ")  # one turn: its start goes
+
+
+def test_seeded_rows_sample_the_same_answer_alone_and_in_any_batch(base_model):
+    """With `seeds`, row i draws from its own stream: the same prompt and seed give the same answer alone, in a
+    batch with other prompts (longer ones pad it wider) and in another order; without seeds nothing changes."""
+    tok = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model)
+    prompts = ["Hi?", "Where was Ada born, and in which year, and what did she do all her life?", "Tell me about Elmford."]
+    seeds = [11, 22, 33]
+    together = generate(model, tok, prompts, max_new_tokens=10, temperature=0.7, seeds=seeds)
+    alone = [generate(model, tok, [p], max_new_tokens=10, temperature=0.7, seeds=[s]).texts[0]
+             for p, s in zip(prompts, seeds)]
+    reordered = generate(model, tok, prompts[::-1], max_new_tokens=10, temperature=0.7, seeds=seeds[::-1])
+    assert together.texts == alone == reordered.texts[::-1]
+    assert len(set(together.texts)) == 3  # an untrained model's near-uniform draws: three different answers
+    # another seed, another answer; the global RNG plays no part
+    torch.manual_seed(0)
+    other = generate(model, tok, prompts[:1], max_new_tokens=10, temperature=0.7, seeds=[12]).texts[0]
+    torch.manual_seed(1)
+    assert generate(model, tok, prompts[:1], max_new_tokens=10, temperature=0.7, seeds=[12]).texts[0] == other
+    assert other != alone[0]
+    with pytest.raises(ValueError, match="one seed per conversation"):
+        generate(model, tok, prompts, max_new_tokens=4, seeds=[1])
+
+
+def test_seeded_sampling_draws_from_the_warped_distribution():
+    """SeededSampling's one draw per row follows softmax(logits / T) cut to the top-p nucleus, as transformers'
+    sampling does; a token outside the nucleus is never drawn."""
+    from llmkit.generation import SeededSampling
+
+    rows = 20_000
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    scores = probs.log().expand(rows, 4).clone()
+    input_ids = torch.zeros(rows, 3, dtype=torch.long)  # a 3-token prompt: the first answer step
+
+    def frequencies(**warp):
+        out = SeededSampling(list(range(rows)), n_prompt=3, max_new_tokens=1, **warp)(input_ids, scores)
+        assert (out.isfinite().sum(-1) == 1).all()  # one token per row kept, for greedy decoding to pick
+        return torch.bincount(out.argmax(-1), minlength=4).float() / rows
+
+    assert frequencies().tolist() == pytest.approx(probs.tolist(), abs=0.015)
+    hot = (probs.log() / 0.5).softmax(-1)  # temperature 0.5 sharpens
+    assert frequencies(temperature=0.5).tolist() == pytest.approx(hot.tolist(), abs=0.015)
+    assert frequencies(top_p=0.7).tolist() == pytest.approx([0.625, 0.375, 0.0, 0.0], abs=0.015)

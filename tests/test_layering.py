@@ -22,7 +22,7 @@ LAYERS = {
     "llmkit.families": 1, "llmkit.verifier": 1, "llmkit.export": 2,
     "llmkit.training": 2, "llmkit.generation": 2, "llmkit.reward_model": 2, "llmkit.evaluate": 2,
     "llmkit.curves": 2, "llmkit.report": 2, "llmkit.labels": 2, "llmkit.muon": 2, "llmkit.cleaning": 2,
-    "llmkit.rl.inputs": 2,
+    "llmkit.rl.inputs": 2, "llmkit.rl.health": 2,
     "llmkit.data": 3, "llmkit.data_at_scale": 3, "llmkit.pretrain": 3, "llmkit.sft": 3, "llmkit.reward": 3,
     "llmkit.rl": 3, "llmkit.rl.ppo": 3, "llmkit.rl.trl_methods": 3,
     "llmkit.pipeline": 4, "llmkit.launch": 4, "llmkit.cli": 4, "llmkit.__main__": 4,

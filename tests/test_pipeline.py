@@ -72,9 +72,9 @@ def test_unknown_presets_fields_and_stages_say_what_exists():
 
 
 def test_one_list_of_stages_for_every_reader():
-    assert pipeline.model_folders() == ["pretrain", "sft", "lora", "ppo", "grpo", "rloo", "dpo"]
+    assert pipeline.model_folders() == ["pretrain", "sft", "lora", "ppo", "grpo", "rloo", "dpo", "kto"]
     assert pipeline.model_folders(("base",)) == ["pretrain"]
-    assert [s.name for s in pipeline.REGISTRY if s.main_process_only] == ["data", "ppo"]
+    assert [s.name for s in pipeline.REGISTRY if s.main_process_only] == ["data"]
     for s in pipeline.REGISTRY:  # the chat app, the report and the launcher find a stage by its folder
         config = s.config_for("smoke")
         assert config.output_name in s.folders and set(s.measurements) == set(s.folders)

@@ -132,10 +132,31 @@ def test_ppo_raises_a_toy_reward_within_a_few_steps(base_model):
         return sum(sum(LetterReward().score(prompts, generate(trainer.policy, tok, prompts, 8).texts)) for _ in range(n)) / (16 * n)
 
     before = mean_reward()
-    records = [trainer.step(prompts)[0] for _ in range(12)]
+    # 16 steps: over seeds 0-3 the gain was 0.53-0.67 after 16 steps, 0.15-0.32 after 12 (measured)
+    records = [trainer.step(prompts)[0] for _ in range(16)]
     after = mean_reward()
     assert after > before + 0.3, (before, after)
     for key in ("reward", "kl", "kl_per_token", "entropy", "clipfrac", "approx_kl", "value_loss", "explained_variance",
                 "response_length", "eos_fraction"):
         assert all(math.isfinite(r[key]) for r in records), key
     assert records[-1]["kl"] > 0  # it moved away from the reference, and the KL says so
+
+
+def test_a_minibatch_that_cannot_be_shared_by_the_processes_is_a_clear_error(monkeypatch):
+    """Each process takes an equal share of every minibatch; PPO keeps its models whole on every process."""
+    from llmkit.runs import StageError
+
+    cfg = ppo.PPOConfig(batch_size=12, mini_batch_size=6)
+    ppo.check_processes(cfg, 2)
+    with pytest.raises(StageError, match="mini_batch_size 6 must be a multiple of the number of processes \\(4\\)"):
+        ppo.check_processes(cfg, 4)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(StageError, match="FSDP was asked for .*accelerate/multi_gpu.yaml"):
+        ppo.check_processes(cfg, 2)
+
+
+def test_rollout_seeds_depend_on_the_seed_the_rollout_and_the_row_only():
+    seeds = ppo.rollout_seeds(0, 3, 8)
+    assert seeds == ppo.rollout_seeds(0, 3, 8) and len(set(seeds)) == 8
+    assert ppo.rollout_seeds(0, 3, 4) == seeds[:4]  # a row's seed does not depend on the batch's size
+    assert ppo.rollout_seeds(0, 4, 8) != seeds and ppo.rollout_seeds(1, 3, 8) != seeds

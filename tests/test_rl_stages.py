@@ -99,3 +99,71 @@ def test_missing_reward_model_and_bad_settings_are_reported(rl_run, tmp_path):
     with pytest.raises(Exception, match=r"prompts.jsonl:2: a prompt row needs `prompt`"):
         ppo.run(ppo.config_for("smoke", prompts=str(bad)), run, progress=False)
     assert not (run / "ppo").exists() and not (run / ".ppo.partial").exists()
+
+
+def test_grpo_against_the_verifier_needs_no_reward_model_and_measures_exact_answers(rl_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "sft").symlink_to(rl_run / "sft", target_is_directory=True)  # no reward model in this run
+    config = trl_methods.config_for("grpo", "smoke", reward="verifier", loss_type="dr_grpo",
+                                    importance_sampling_level="sequence", learning_rate=1e-3)
+    result = trl_methods.run(config, run, progress=False)
+    out, m = result.output_dir, result.metrics
+    assert m["reward"] == "verifier" and m["reward_model"] is None and m["loss_type"] == "dr_grpo"
+    rows = [json.loads(line) for line in (out / "task_samples.jsonl").read_text().splitlines()]
+    assert len(rows) == m["task_questions"] == 8
+    assert m["task_accuracy"] == sum(r["policy_correct"] for r in rows) / 8
+    assert m["task_accuracy_sft"] == sum(r["sft_correct"] for r in rows) / 8
+    assert m["task_gain_ci_low"] <= m["task_gain"] <= m["task_gain_ci_high"]
+    assert "qa_heldout" in m and "eval_kl_per_token" in m and "oracle_win_rate" not in m
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    for key in ("verifier_reward", "zero_std_groups", "cut_at_cap", "entropy", "kl"):
+        assert all(key in r for r in records), key
+    assert "health_zero_std_groups" in m and isinstance(m["warnings"], list)
+
+
+def test_grpo_against_the_reward_model_logs_the_oracle_beside_it(rl_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("sft", "reward"):
+        (run / name).symlink_to(rl_run / name, target_is_directory=True)
+    result = trl_methods.run(trl_methods.config_for("grpo", "smoke", max_steps=2), run, progress=False)
+    records = [json.loads(line) for line in (result.output_dir / "log.jsonl").read_text().splitlines()]
+    assert all("oracle_score" in r and "rm_reward" in r for r in records)
+    assert [r["reward"] for r in records] == pytest.approx([r["rm_reward"] for r in records])  # the oracle: weight 0
+
+
+def test_unknown_rewards_losses_and_tasks_without_answers_are_refused_before_training(rl_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "sft").symlink_to(rl_run / "sft", target_is_directory=True)
+    with pytest.raises(StageError, match="these: grpo, dr_grpo, dapo.*cispo"):
+        trl_methods.run(trl_methods.config_for("grpo", "smoke", reward="verifier", loss_type="ppo"), run, progress=False)
+    with pytest.raises(StageError, match="sigmoid.*ipo.*sigmoid_norm"):
+        trl_methods.run(trl_methods.config_for("dpo", "smoke", loss_type="nope"), run, progress=False)
+    with pytest.raises(StageError, match="RLOO has no loss types"):
+        trl_methods.run(trl_methods.config_for("rloo", "smoke", loss_type="grpo"), run, progress=False)
+    with pytest.raises(StageError, match="preference pairs.*grpo, rloo"):
+        trl_methods.run(trl_methods.config_for("dpo", "smoke", reward="verifier"), run, progress=False)
+    with pytest.raises(Exception, match="accepted: model, verifier, both"):
+        trl_methods.run(trl_methods.config_for("grpo", "smoke", reward="judge"), run, progress=False)
+    plain = tmp_path / "prompts.jsonl"
+    plain.write_text('{"prompt": "Tell me a story."}\n{"prompt": "And another."}\n')
+    with pytest.raises(Exception, match="prompts.jsonl:1: a task row needs a prompt .* and an answer to check"):
+        trl_methods.run(trl_methods.config_for("grpo", "smoke", reward="verifier", prompts=str(plain)), run,
+                        progress=False)
+    assert not (run / "grpo").exists() and not (run / ".grpo.partial").exists()
+
+
+def test_ppo_against_the_verifier_starts_its_value_model_from_the_policy(rl_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "sft").symlink_to(rl_run / "sft", target_is_directory=True)  # no reward model in this run
+    result = ppo.run(ppo.config_for("smoke", reward="verifier", learning_rate=1e-3), run, progress=False)
+    m = result.metrics
+    assert m["reward"] == "verifier" and m["reward_model"] is None and m["task_questions"] == 8
+    assert "eval_rm_score" not in m and "task_gain_ci_low" in m and "qa_heldout" in m
+    records = [json.loads(line) for line in (result.output_dir / "log.jsonl").read_text().splitlines()]
+    for r in records:  # the score is the verifier's 0/1, and the answers' share cut at the cap is logged
+        assert r["score"] == pytest.approx(r["verifier_reward"]) and r["cut_at_cap"] == pytest.approx(1 - r["eos_fraction"])
+    assert "health_clipfrac" in m

@@ -39,7 +39,9 @@ class LiveMonitor:
         for key, label, fmt in (("loss", "loss", ".3f"), ("val_loss", "val loss", ".3f"), ("val_bpb", "val bpb", ".3f"),
                                 ("tokens_per_s", "tok/s", ".0f"), ("val_accuracy", "val accuracy", ".3f"),
                                 ("reward", "reward", ".3f"), ("kl", "KL", ".2f"), ("oracle_score", "oracle", ".3f"),
-                                ("response_length", "length", ".1f")):
+                                ("response_length", "length", ".1f"), ("entropy", "entropy", ".2f"),
+                                ("clipfrac", "clipped", ".0%"), ("cut_at_cap", "cut", ".0%"),
+                                ("zero_std_groups", "one-reward groups", ".0%")):
             if key in record:
                 parts.append(f"{label} {record[key]:{fmt}}")
         if len(parts) > 1:

@@ -4,14 +4,16 @@ TRL removed its `PPOTrainer` (gone since trl 1.13); this is llmkit's own. Four m
 
     policy     π_θ    initialised from SFT, trained (or a LoRA adapter on it)
     reference  π_ref  the SFT model, frozen (with LoRA: the policy with its adapter switched off — no second copy)
-    reward     r      the reward model, frozen
-    value      V_φ    initialised from the reward model, trained; one value per token (its head on every position)
+    reward     r      the reward model, frozen — or a rule: `reward="verifier"` scores 1 for an exact final answer
+                      (`llmkit.verifier`), `"both"` adds the two
+    value      V_φ    initialised from the reward model (or, with the verifier alone, the policy with a new head),
+                      trained; one value per token (its head on every position)
 
 One PPO step:
 
 1. **Rollout** (`PPOTrainer.rollout`). For a batch of prompts x, sample responses y = y_1 … y_T with the KV
    cache (`llmkit.generation.generate`), stopping at EOS; remember log π_old(y_t | x, y_<t), log π_ref(y_t | ·)
-   and V_old(t), and the reward model's score s = r(x, y).
+   and V_old(t), and the score s = r(x, y) (`PPOTrainer.scores`).
 2. **Score** (`rewards_with_kl`, with 3). s minus `missing_eos_penalty` when the response did not stop by itself.
 3. **Per-token KL and reward.** With log-ratio l_t = log π_old(y_t|·) − log π_ref(y_t|·):
 
@@ -38,11 +40,30 @@ KL between old and new policy, value loss, explained variance, response length a
 with EOS — and, on the closed world, the oracle's score of the same rollouts.
 
 `PPOTrainer.step(prompts)` runs them in order; notebooks/06_rlhf_ppo.ipynb calls them one by one.
+
+**On N processes** (`llmkit.launch`, `accelerate launch`) the same global batch gives the same steps as on one:
+
+- *rollout*: each process samples, and has the old policy, the reference, the value and the reward model judge,
+  its contiguous share of the batch's prompts. Row i of rollout k draws its tokens from its own random stream,
+  seeded from (seed, k, i) (`rollout_seeds`; `generate(..., seeds=)`), so an answer does not depend on which
+  process made it or what else was in its batch. The shares are then gathered (`gather_rollout`): every
+  process holds the whole rollout, padded as one process would have padded it;
+- *advantages* are computed on the whole rollout, the same on every process (whitened over the whole batch);
+- *update*: every process shuffles the minibatches alike and takes its 1/N of each; it divides its share's
+  losses by the whole minibatch's token count, so that the shares add up to the minibatch's masked mean, and
+  after `backward` the gradients are summed over the processes (`sum_across_processes`) before clipping and the
+  AdamW step, which every process then takes alike. The logged statistics are the summed, global ones.
+
+The gradients are summed by an explicit all-reduce rather than by wrapping the models in DDP: the policy also
+generates and (with LoRA) serves as the reference, and the value model is read through its backbone and head,
+not its `forward` — paths a DDP wrapper does not see. Under several processes the main process writes the log,
+the checkpoints and the model and evaluates it; the models are replicated on every process, never sharded.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -62,7 +83,9 @@ from llmkit.curves import save_curves
 from llmkit.formats import prompt_text
 from llmkit.generation import Generation, generate, response_logprobs
 from llmkit.loaders import read_jsonl, write_jsonl
-from llmkit.rl.inputs import read_inputs
+from llmkit.rl import health
+from llmkit.rl.inputs import REWARD_HELP, REWARDS, read_inputs
+from llmkit.verifier import is_correct
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +95,9 @@ class PPOConfig(StageConfig):
     STAGE: ClassVar[str] = "ppo"
 
     policy_model: str | None = option(None, "the policy to start from (default: RUN_DIR/sft)")
-    reward_model: str | None = option(None, "the reward model (default: RUN_DIR/reward)")
+    reward_model: str | None = option(None, "the reward model (default: RUN_DIR/reward); with the verifier alone, "
+                                            "only the value model starts from it (else from the policy)")
+    reward: str = option("model", REWARD_HELP, choices=REWARDS)
     prompts: str | None = option(None, "prompts to optimise on: rows with a `prompt` (a string or messages), "
                                        "conversations in any chat format, or instructions (default: the bundled RL "
                                        "prompts)")
@@ -111,6 +136,8 @@ class PPOConfig(StageConfig):
     sample_every: int = option(10, "log a table of rollouts every N steps")
     eval_limit: int = option(100, "held-out prompts for the final evaluation")
     eval_samples_per_prompt: int = option(4, "answers per held-out prompt and side (400 comparisons, not 100)")
+    task_eval_limit: int | None = option(None, "with the verifier: held-out tasks to measure accuracy on (default: "
+                                               "all; 400 bundled)")
     # The first 80 questions were too few for a 5-point bar: two seeds read +2.5 / -6.3 points there, +6.9 / -3.7 on all
     qa_limit: int | None = option(None, "closed-world QA questions per split after training (default: all)")
     closed_world: bool | None = option(None, "oracle scores in the log and the evaluation, and QA (default: with "
@@ -127,7 +154,7 @@ class PPOConfig(StageConfig):
 
 PRESETS: dict[str, dict] = {
     "smoke": {"max_steps": 3, "batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 12, "eval_every": 2,
-              "sample_every": 2, "eval_limit": 8, "eval_samples_per_prompt": 1, "qa_limit": 8},
+              "sample_every": 2, "eval_limit": 8, "eval_samples_per_prompt": 1, "qa_limit": 8, "task_eval_limit": 8},
     "tiny": {},
     "small": {"max_steps": 200, "batch_size": 64, "mini_batch_size": 16, "max_new_tokens": 128, "learning_rate": 1e-5,
               "value_learning_rate": 5e-5, "eval_every": 20, "sample_every": 20},
@@ -141,8 +168,11 @@ def config_for(preset: str = "tiny", **overrides) -> PPOConfig:
 
 
 # ---- the math, one function per equation ---------------------------------------------------------
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None, total: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of x over the entries where mask is 1. `total`: the count to divide by instead of the mask's own —
+    a process holding a share of a minibatch divides by the whole minibatch's count, so that the shares' results
+    add up to the minibatch's mean."""
+    return (x * mask).sum(dim) / (mask.sum(dim) if total is None else total).clamp(min=1)
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -208,25 +238,26 @@ def advantages_and_returns(rewards: torch.Tensor, values: torch.Tensor, mask: to
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                cliprange: float) -> tuple[torch.Tensor, dict]:
-    """The clipped surrogate objective (as a loss), with the clip fraction and approximate KL(old || new)."""
+                cliprange: float, n_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The clipped surrogate objective (as a loss), with the clip fraction and approximate KL(old || new).
+    `n_tokens`: the means' denominator where `mask` holds one process's share of the minibatch (`masked_mean`)."""
     log_ratio = logp - old_logp
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)
-    loss = masked_mean(unclipped.maximum(clipped), mask)
-    stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
-             "approx_kl": masked_mean(0.5 * log_ratio.detach() ** 2, mask).item()}
+    loss = masked_mean(unclipped.maximum(clipped), mask, total=n_tokens)
+    stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask, total=n_tokens).item(),
+             "approx_kl": masked_mean(0.5 * log_ratio.detach() ** 2, mask, total=n_tokens).item()}
     return loss, stats
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-               cliprange_value: float) -> tuple[torch.Tensor, dict]:
+               cliprange_value: float, n_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """½ · max of the squared errors of the new value and of the value clipped to old ± cliprange_value."""
     clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
     unclipped_err, clipped_err = (values - returns) ** 2, (clipped - returns) ** 2
-    loss = 0.5 * masked_mean(unclipped_err.maximum(clipped_err), mask)
-    stats = {"vf_clipfrac": masked_mean((clipped_err > unclipped_err).float(), mask).item()}
+    loss = 0.5 * masked_mean(unclipped_err.maximum(clipped_err), mask, total=n_tokens)
+    stats = {"vf_clipfrac": masked_mean((clipped_err > unclipped_err).float(), mask, total=n_tokens).item()}
     return loss, stats
 
 
@@ -281,6 +312,58 @@ class Rollout:
     scores: torch.Tensor  # r(x, y)
 
 
+def rollout_seeds(seed: int, rollout: int, rows: int) -> list[int]:
+    """One sampling seed per row of a rollout batch, from the run's seed and the rollout's number: row i of
+    rollout k gets the same seed, and so draws the same tokens, on any number of processes."""
+    draws = random.Random(f"ppo {seed} {rollout}")  # a string seed goes through SHA-512: the same in every process
+    return [draws.getrandbits(63) for _ in range(rows)]
+
+
+def gather_rollout(r: Rollout, prompts: list, pad_token_id: int) -> Rollout:
+    """Every process's rollout of its share of the batch, put together in the batch's order on every process as
+    one process would have made it: the prompts left-padded to the widest prompt, the answers right-padded to the
+    longest answer (padding that the masks leave out of every sum)."""
+    import torch
+    from accelerate.utils import gather, gather_object, pad_across_processes
+
+    g = r.generation
+
+    def together(x: torch.Tensor, pad: int = 0, left: bool = False) -> torch.Tensor:
+        return gather(pad_across_processes(x, dim=1, pad_index=pad, pad_first=left))
+
+    n = g.n_prompt
+    prompt_ids = together(g.input_ids[:, :n], pad_token_id, left=True)
+    prompt_mask = together(g.attention_mask[:, :n], left=True)
+    input_ids = torch.cat([prompt_ids, together(g.input_ids[:, n:], pad_token_id)], 1)
+    attention_mask = torch.cat([prompt_mask, together(g.attention_mask[:, n:])], 1)
+    prompts_cut = int(gather(torch.tensor(g.prompts_cut, device=g.mask.device)).sum())
+    generation = Generation(list(prompts), input_ids, attention_mask, prompt_ids.shape[1], together(g.mask),
+                            gather_object(g.texts), gather(g.ended.long()).bool(), prompts_cut=prompts_cut)
+    return Rollout(generation, together(r.logp), together(r.entropy), together(r.ref_logp), together(r.values),
+                   gather(r.scores))
+
+
+def sum_across_processes(tensors: list) -> None:
+    """Replace each tensor, in place, by its sum over the processes: for the gradients of each process's share of
+    a minibatch, the whole minibatch's gradient (what DDP's all-reduce makes)."""
+    import torch.distributed as dist
+
+    for t in tensors:
+        dist.all_reduce(t)
+
+
+def check_processes(config: PPOConfig, world_size: int) -> None:
+    """A clear error before anything runs where `config` cannot run on `world_size` processes."""
+    if config.mini_batch_size % world_size:
+        raise runs.StageError(f"mini_batch_size {config.mini_batch_size} must be a multiple of the number of processes "
+                              f"({world_size}): each process takes an equal share of every minibatch")
+    for name, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(variable, "false").lower() == "true":
+            raise runs.StageError(f"{name} was asked for ({variable}=true), but llmkit's PPO keeps its four models whole "
+                                  "on every process and shards nothing: launch it with configs/accelerate/multi_gpu.yaml "
+                                  "(DDP) or llmkit.launch")
+
+
 # ---- the trainer ---------------------------------------------------------------------------------
 class PPOTrainer:
     """Holds the four models and does PPO steps: `step(prompts)` = `rollout`, `rewards_with_kl`,
@@ -304,11 +387,27 @@ class PPOTrainer:
         self.value_opt = torch.optim.AdamW(self.value_model.parameters(), lr=config.value_learning_rate)
         self.kl_ctl = KLController(config.beta, config.target_kl, config.kl_horizon)
         self.rng = random.Random(config.seed)  # minibatch order
+        self.rollouts = 0  # rollouts sampled so far: with the seed, they seed the next one's draws (`rollout_seeds`)
+        self.world_size = runs.world_size()
+        check_processes(config, self.world_size)
+        self.rank = 0
+        if self.world_size > 1:  # every process starts from the main process's weights, as DDP does
+            import torch.distributed as dist
+
+            self.rank = dist.get_rank()
+            for p in self.trained_parameters():
+                dist.broadcast(p.data, src=0)
+
+    def trained_parameters(self) -> list:
+        """The policy's trained parameters (its LoRA adapter's with LoRA) and the value model's."""
+        return [p for p in [*self.policy.parameters(), *self.value_model.parameters()] if p.requires_grad]
 
     def state_dict(self) -> dict:
-        """What a resumed run needs to go on exactly: both models, both optimizers, β and the minibatch order's RNG."""
+        """What a resumed run needs to go on exactly: both models, both optimizers, β, the minibatch order's RNG and
+        the number of rollouts (the next one's seeds)."""
         return {"policy": self.policy.state_dict(), "value": self.value_model.state_dict(), "opt": self.opt.state_dict(),
-                "value_opt": self.value_opt.state_dict(), "beta": self.kl_ctl.value, "rng": self.rng.getstate()}
+                "value_opt": self.value_opt.state_dict(), "beta": self.kl_ctl.value, "rng": self.rng.getstate(),
+                "rollouts": self.rollouts}
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
@@ -317,6 +416,7 @@ class PPOTrainer:
         self.value_opt.load_state_dict(state["value_opt"])
         self.kl_ctl.value = state["beta"]
         self.rng.setstate(state["rng"])
+        self.rollouts = state["rollouts"]
 
     def reference_logprobs(self, g: Generation) -> torch.Tensor:
         c = self.config
@@ -325,24 +425,44 @@ class PPOTrainer:
                 return response_logprobs(self.policy, g.input_ids, g.attention_mask, g.n_prompt, c.temperature)
         return response_logprobs(self.ref, g.input_ids, g.attention_mask, g.n_prompt, c.temperature)
 
-    def rollout(self, prompts: list) -> Rollout:
+    def scores(self, prompts: list, texts: list[str], answers: list | None = None) -> list[float]:
+        """Step 2's score of each answer: the reward model's, the verifier's 1 or 0 against `answers`
+        (`llmkit.verifier`), or their sum — as `config.reward` says."""
+        c = self.config
+        out = self.rm.score(prompts, texts) if c.reward in ("model", "both") else [0.0] * len(texts)
+        if c.reward in ("verifier", "both"):
+            out = [s + float(is_correct(t, a)) for s, t, a in zip(out, texts, answers)]
+        return out
+
+    def rollout(self, prompts: list, answers: list | None = None) -> Rollout:
         """Step 1: sample an answer to each prompt; what the old policy, the reference, the value model and the
-        reward model say about them."""
+        reward model say about them. Each row draws from its own seed (`rollout_seeds`). Under N processes each
+        one does this for its contiguous share of `prompts` (the whole batch, the same on every process), and every
+        process gets the whole rollout back (`gather_rollout`)."""
         import torch
 
         c = self.config
-        g = generate(self.policy, self.tokenizer, prompts, c.max_new_tokens, c.temperature)
+        if len(prompts) % self.world_size:
+            raise runs.StageError(f"a batch of {len(prompts)} prompts cannot be shared by {self.world_size} processes: "
+                                  "give a multiple of the number of processes (batch_size)")
+        seeds = rollout_seeds(c.seed, self.rollouts, len(prompts))
+        self.rollouts += 1
+        share = len(prompts) // self.world_size
+        mine = slice(self.rank * share, (self.rank + 1) * share)
+        g = generate(self.policy, self.tokenizer, prompts[mine], c.max_new_tokens, c.temperature, seeds=seeds[mine])
         with torch.no_grad():
             logp, entropy = response_logprobs(self.policy, g.input_ids, g.attention_mask, g.n_prompt, c.temperature,
                                               with_entropy=True)
             ref_logp = self.reference_logprobs(g)
             values = token_values(self.value_model, g.input_ids, g.attention_mask, g.n_prompt)
-        scores = torch.tensor(self.rm.score(prompts, g.texts), device=g.mask.device)
-        return Rollout(g, logp, entropy, ref_logp, values, scores)
+        scores = torch.tensor(self.scores(prompts[mine], g.texts, answers[mine] if answers else None), device=g.mask.device)
+        r = Rollout(g, logp, entropy, ref_logp, values, scores)
+        return gather_rollout(r, prompts, self.tokenizer.pad_token_id) if self.world_size > 1 else r
 
     def update(self, r: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict:
         """Step 5: `ppo_epochs` passes over shuffled minibatches, each one AdamW step of policy and value model
-        on the clipped losses. Returns the mean of each loss statistic."""
+        on the clipped losses. Returns the mean of each loss statistic. Under N processes each one takes its 1/N of
+        every minibatch and the gradients are summed over the processes before the step."""
         import torch
 
         c, g = self.config, r.generation
@@ -350,32 +470,42 @@ class PPOTrainer:
         self.policy.train()
         self.value_model.train()
         order = list(range(len(g.prompts)))
+        share = c.mini_batch_size // self.world_size
         for _ in range(c.ppo_epochs):
-            self.rng.shuffle(order)
+            self.rng.shuffle(order)  # the same order on every process
             for i in range(0, len(order), c.mini_batch_size):
-                idx = torch.tensor(order[i:i + c.mini_batch_size], device=g.mask.device)
+                minibatch = order[i:i + c.mini_batch_size]
+                n_tokens = g.mask[minibatch].sum()  # the whole minibatch's answer tokens: every loss's denominator
+                idx = torch.tensor(minibatch[self.rank * share:(self.rank + 1) * share], device=g.mask.device)
                 ids, att, n_prompt, width = trim_padding(g.input_ids[idx], g.attention_mask[idx], g.n_prompt, g.mask[idx])
                 m = g.mask[idx, :width]
                 logp = response_logprobs(self.policy, ids, att, n_prompt, c.temperature)
-                pl, ps = policy_loss(logp, r.logp[idx, :width], advantages[idx, :width], m, c.cliprange)
+                pl, ps = policy_loss(logp, r.logp[idx, :width], advantages[idx, :width], m, c.cliprange, n_tokens)
                 vpred = token_values(self.value_model, ids, att, n_prompt)
-                vl, vs = value_loss(vpred, r.values[idx, :width], returns[idx, :width], m, c.cliprange_value)
+                vl, vs = value_loss(vpred, r.values[idx, :width], returns[idx, :width], m, c.cliprange_value, n_tokens)
                 loss = pl + c.vf_coef * vl
                 self.opt.zero_grad()
                 self.value_opt.zero_grad()
                 loss.backward()
+                minibatch_stats = {**ps, **vs, "policy_loss": pl.item(), "value_loss": vl.item()}
+                if self.world_size > 1:  # each process holds its share's part of the gradients and statistics
+                    sum_across_processes([p.grad for p in self.trained_parameters() if p.grad is not None])
+                    summed = torch.tensor(list(minibatch_stats.values()), dtype=torch.float64, device=g.mask.device)
+                    sum_across_processes([summed])
+                    minibatch_stats = dict(zip(minibatch_stats, summed.tolist()))
                 torch.nn.utils.clip_grad_norm_([p for p in self.policy.parameters() if p.requires_grad], c.max_grad_norm)
                 torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), c.max_grad_norm)
                 self.opt.step()
                 self.value_opt.step()
-                for k, v in {**ps, **vs, "policy_loss": pl.item(), "value_loss": vl.item()}.items():
+                for k, v in minibatch_stats.items():
                     stats[k].append(v)
         return {k: sum(v) / len(v) for k, v in stats.items() if v}
 
-    def step(self, prompts: list) -> tuple[dict, Rollout]:
-        """One PPO step on a batch of prompts; returns its log record and the rollout."""
+    def step(self, prompts: list, answers: list | None = None) -> tuple[dict, Rollout]:
+        """One PPO step on a batch of prompts (with the verifier: and their expected answers); returns its log record
+        and the rollout."""
         c = self.config
-        r = self.rollout(prompts)
+        r = self.rollout(prompts, answers)
         mask = r.generation.mask
         beta = self.kl_ctl.value
         rewards, kl, final = rewards_with_kl(r.scores, r.generation.ended, r.logp, r.ref_logp, mask, beta,
@@ -390,9 +520,11 @@ class PPOTrainer:
             "non_score_reward": (-beta * kl_seq).mean().item(), "entropy": masked_mean(r.entropy, mask).item(),
             "explained_variance": explained_variance(r.values, returns, mask),
             "response_length": mask.sum(-1).mean().item(), "eos_fraction": r.generation.ended.float().mean().item(),
-            "prompts_cut": r.generation.prompts_cut, **stats,
+            "cut_at_cap": 1 - r.generation.ended.float().mean().item(), "prompts_cut": r.generation.prompts_cut, **stats,
         }
-        if self.oracle is not None:
+        if answers is not None:
+            record["verifier_reward"] = sum(map(is_correct, r.generation.texts, answers)) / len(answers)
+        elif self.oracle is not None:
             record["oracle_score"] = sum(self.oracle.score(p, t) for p, t in zip(prompts, r.generation.texts)) / len(prompts)
         return record, r
 
@@ -400,7 +532,8 @@ class PPOTrainer:
 # ---- the stage -----------------------------------------------------------------------------------
 def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
         callbacks: tuple = ()) -> runs.StageResult:
-    """Optimise the SFT policy against the reward model with PPO and write RUN_DIR/ppo."""
+    """Optimise the SFT policy against the reward model with PPO and write RUN_DIR/ppo. On N processes (a launcher
+    started them) each one does its share of every step; the main process writes the folder."""
     import torch
 
     from llmkit.evaluate import evaluate_policy
@@ -412,12 +545,16 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
         return out.reuse()
     inputs = read_inputs(config, run_dir)  # bad input writes nothing
     prompts = inputs.prompts
+    # join a launcher's process group before loading: it picks this process's GPU
+    check_processes(config, runs.world_size())
+    main = runs.is_main_process()
     with out:
         resume = out.same_config(config)  # a killed run of this config left a checkpoint: go on from it
-        inputs.rejects.write(out.work)
+        if main:
+            inputs.rejects.write(out.work)
         torch.manual_seed(config.seed)
-        tokenizer, policy, rm, value = load_models(inputs.policy_dir, inputs.rm_dir)
-        oracle = _oracle() if inputs.closed_world else None
+        tokenizer, policy, rm, value = load_models(inputs.policy_dir, inputs.rm_dir, with_rm=config.reward != "verifier")
+        oracle = _oracle() if inputs.closed_world and main else None  # it scores the log's rollouts and the evaluation
         trainer = PPOTrainer(config, policy, tokenizer, rm, value, oracle)
         log = runs.LogWriter(out.work / "log.jsonl", callbacks)
         rng = random.Random(config.seed)
@@ -433,7 +570,7 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
                 torch.cuda.set_rng_state_all(saved["cuda_rng"])
             log.keep_until(saved["step"])
         start = time.perf_counter()
-        bar = _progress(config.max_steps, progress)
+        bar = _progress(config.max_steps, progress and main)
         if bar is not None:
             bar.update(first - 1)
         for step in range(first, config.max_steps + 1):
@@ -442,15 +579,16 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
                 rng.shuffle(fresh)
                 order += fresh
             batch = [prompts[i] for i in order[: config.batch_size]]
+            answers = [inputs.answers[i] for i in order[: config.batch_size]] if inputs.answers else None
             del order[: config.batch_size]
             t0 = time.perf_counter()
-            record, rollout = trainer.step(batch)
+            record, rollout = trainer.step(batch, answers)
             record = {"step": step, **record, "step_seconds": time.perf_counter() - t0}
             if step % config.sample_every == 0 or step == config.max_steps:
                 record["samples"] = [{"prompt": prompt_text(p), "continuation": t, "reward": round(float(s), 3)}
                                      for p, t, s in list(zip(batch, rollout.generation.texts, rollout.scores.tolist()))[:6]]
             log.write(record)
-            if config.save_every > 0 and step % config.save_every == 0 and step < config.max_steps:
+            if config.save_every > 0 and step % config.save_every == 0 and step < config.max_steps and main:
                 save_checkpoint(checkpoint, {"trainer": trainer.state_dict(), "rng": rng.getstate(), "order": order,
                                              "step": step, "torch_rng": torch.get_rng_state(),
                                              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
@@ -461,21 +599,29 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
         if bar is not None:
             bar.close()
         train_seconds = time.perf_counter() - start  # since the start or the resume
+        if not main:  # every process holds the same trained weights: the main one saves and evaluates them
+            return runs.StageResult(out.name, out.final, {})
         checkpoint.unlink(missing_ok=True)
 
         model = trainer.policy.merge_and_unload() if config.lora else trainer.policy
         model.eval()
         model.save_pretrained(out.work, safe_serialization=True)
         tokenizer.save_pretrained(out.work)
-        metrics = {"policy_model": str(inputs.policy_dir), "reward_model": str(inputs.rm_dir), "steps": config.max_steps,
+        checks, warnings = health.check(read_jsonl(out.work / "log.jsonl"))
+        metrics = {"policy_model": str(inputs.policy_dir), "reward": config.reward,
+                   "reward_model": str(inputs.rm_dir) if inputs.rm_dir else None, "steps": config.max_steps,
                    "train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, config.max_steps),
                    "final_beta": trainer.kl_ctl.value, "rejected_rows": len(inputs.rejects.rows),
-                   "resumed_from_step": first - 1,
-                   "prompts_cut": sum(r.get("prompts_cut", 0) for r in read_jsonl(out.work / "log.jsonl"))}
+                   "resumed_from_step": first - 1, "processes": trainer.world_size,
+                   "prompts_cut": sum(r.get("prompts_cut", 0) for r in read_jsonl(out.work / "log.jsonl")), **checks}
         ref = trainer.ref if trainer.ref is not None else load_causal_lm(inputs.policy_dir, next(model.parameters()).device)
-        evaluation = evaluate_policy(model, ref, tokenizer, rm, inputs.eval_prompts, config, inputs.policy_dir, oracle)
+        evaluation = evaluate_policy(model, ref, tokenizer, rm, inputs.eval_prompts, config, inputs.policy_dir, oracle,
+                                     inputs.eval_answers)
         write_jsonl(out.work / "eval_samples.jsonl", evaluation.pop("rows"))
+        if "task_rows" in evaluation:
+            write_jsonl(out.work / "task_samples.jsonl", evaluation.pop("task_rows"))
         metrics.update(evaluation)
+        metrics["warnings"] = evaluation.get("warnings", []) + warnings
         save_curves(out.work)
         return out.commit(config, metrics)
 
@@ -489,8 +635,10 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
-def load_models(policy_dir: Path, rm_dir: Path):
-    """(tokenizer, policy, reward model, value model initialised from the reward model), on the GPU if there is one."""
+def load_models(policy_dir: Path, rm_dir: Path | None, with_rm: bool = True):
+    """(tokenizer, policy, reward model, value model initialised from the reward model), on the GPU if there is one.
+    Without `rm_dir` (the verifier alone rewards) the value model starts from the policy with a new head, and
+    without `with_rm` no reward model is loaded (None)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -500,9 +648,10 @@ def load_models(policy_dir: Path, rm_dir: Path):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(policy_dir, local_files_only=True)
     policy = load_causal_lm(policy_dir, device)
-    rm = RewardModel.load(rm_dir, device)
-    value = AutoModelForSequenceClassification.from_pretrained(rm_dir, local_files_only=True, dtype=torch.float32).to(device)
-    if rm.tokenizer.get_vocab() != tokenizer.get_vocab():
+    rm = RewardModel.load(rm_dir, device) if with_rm and rm_dir is not None else None
+    value = AutoModelForSequenceClassification.from_pretrained(rm_dir or policy_dir, local_files_only=True, num_labels=1,
+                                                               dtype=torch.float32).to(device)
+    if rm is not None and rm.tokenizer.get_vocab() != tokenizer.get_vocab():
         raise runs.StageError(f"{rm_dir}: the reward model's tokenizer differs from the policy's ({policy_dir}); "
                               "train the reward model from the same SFT checkpoint")
     return tokenizer, policy, rm, value
