@@ -3,7 +3,7 @@
 1. foundations  — files, formats, tokenizer, model presets, the closed world, the run folder, configs
 2. machinery    — trainer plumbing, generation, reward-model inference, evaluation, curves, the report, ...
 3. stages       — one module each; a stage imports no other stage
-4. drivers      — the pipeline's registry, the launcher, the CLI
+4. drivers      — the pipeline's registry, the launcher, the CLI, the loss lab
 
 A module imports only from its own layer or below; no import circles; no module takes another's `_private`
 name; llmkit imports widgets/ only where the CLI serves an app. A new module must be given a layer here.
@@ -25,7 +25,7 @@ LAYERS = {
     "llmkit.rl.inputs": 2, "llmkit.rl.health": 2,
     "llmkit.data": 3, "llmkit.data_at_scale": 3, "llmkit.pretrain": 3, "llmkit.sft": 3, "llmkit.reward": 3,
     "llmkit.rl": 3, "llmkit.rl.ppo": 3, "llmkit.rl.trl_methods": 3,
-    "llmkit.pipeline": 4, "llmkit.launch": 4, "llmkit.cli": 4, "llmkit.__main__": 4,
+    "llmkit.pipeline": 4, "llmkit.loss_lab": 4, "llmkit.launch": 4, "llmkit.cli": 4, "llmkit.__main__": 4,
 }
 # Modules that belong to a stage without being one: the data stage on datatrove's executors.
 PART_OF = {"llmkit.data_at_scale": "llmkit.data"}
