@@ -53,9 +53,16 @@ class Stage:
 # none, pretraining must store the facts, SFT must activate them, the reward model must rank pairs, RL must
 # improve answers by the oracle without losing knowledge.
 REJECTED = Row("rows of your files set aside (rejected_rows.jsonl)", "rejected_rows", hide_zero=True)
-RL_ROWS = (Row("oracle win-rate vs SFT", "oracle_win_rate"), Row("KL to SFT per token", "eval_kl_per_token"),
+# RL must make the answers better than SFT's by the oracle without losing knowledge: the win-rate's interval over
+# prompts above a coin flip, the oracle's score 0.05 above SFT's, QA at most 5 points below (issue 30's bars; a
+# fixed win-rate such as 0.65 punished a stronger SFT model, which leaves less to win).
+RL_ROWS = (Row("oracle win-rate vs SFT", "oracle_win_rate"),
+           Row("win-rate's 95 % interval over prompts, lower end", "oracle_win_rate_ci_low", above=0.5),
+           Row("oracle score of its answers (SFT's)", "eval_oracle_score", beside="eval_oracle_score_sft",
+               min_gain=0.05),
+           Row("KL to SFT per token", "eval_kl_per_token"),
            Row("held-out QA (SFT's)", "qa_heldout", beside="sft_qa_heldout", max_drop=0.05),
-           Row("oracle score of its answers (SFT's)", "eval_oracle_score", beside="eval_oracle_score_sft"),
+           Row("trained QA (SFT's)", "qa_trained", beside="sft_qa_trained", max_drop=0.05),
            # what stays measurable without the closed world's oracle
            Row("reward-model score (SFT's)", "eval_rm_score", beside="eval_rm_score_sft"),
            Row("answer length in tokens (SFT's)", "eval_response_length", beside="eval_response_length_sft"),
@@ -90,11 +97,9 @@ REGISTRY = (
                                    Row("agreement with the oracle, fresh SFT answers", "oracle_agreement"), REJECTED)}),
     Stage("ppo", "RLHF with llmkit's PPO against the reward model", ppo.PPOConfig, ppo.config_for, ppo.run,
           ppo.PRESETS, "chat",
-          measurements={"ppo": (Row("oracle win-rate vs SFT", "oracle_win_rate", at_least=0.65), *RL_ROWS[1:3],
-                                Row("trained QA (SFT's)", "qa_trained", beside="sft_qa_trained", max_drop=0.05),
+          measurements={"ppo": (*RL_ROWS[:6],
                                 Row("rude or rambling answers (SFT's)", "eval_habit_rate", beside="eval_habit_rate_sft"),
-                                # the win-rate is relative: the better the SFT model, the less there is to win
-                                *RL_ROWS[3:])}),
+                                *RL_ROWS[6:])}),
     *(Stage(method, f"{method.upper()} through TRL, evaluated like PPO", trl_methods.MethodConfig,
             functools.partial(trl_methods.config_for, method), trl_methods.run, trl_methods.PRESETS, "chat",
             measurements={method: RL_ROWS}, in_default_pipeline=False,

@@ -24,7 +24,8 @@ class Row:
     `at_least` / `at_most`: a fixed bar; `above`: a bar the value must pass (a confidence interval's lower end
     above zero). `beside`: the key of another value to show in parentheses (the SFT
     model's, for an RL stage). `max_drop`: the value may fall at most this far below `beside`'s — RL must not
-    lose what SFT knew; answering more questions right than SFT is no failure. `hide_zero`: a count shown only
+    lose what SFT knew; answering more questions right than SFT is no failure. `min_gain`: the value must be at
+    least this far above `beside`'s — RL must make the answers better. `hide_zero`: a count shown only
     when there is something to count."""
 
     label: str
@@ -34,6 +35,7 @@ class Row:
     above: float | None = None
     beside: str | None = None
     max_drop: float | None = None
+    min_gain: float | None = None
     hide_zero: bool = False
 
     def verdict(self, metrics: dict) -> str:
@@ -48,6 +50,8 @@ class Row:
             checks.append(value > self.above)
         if self.max_drop is not None:  # 16 of 320 questions is 0.05 exactly, which float subtraction can make
             checks.append(metrics[self.beside] - value <= self.max_drop + 1e-9)  # 0.0500000000000000x
+        if self.min_gain is not None:
+            checks.append(value - metrics[self.beside] >= self.min_gain - 1e-9)
         if not checks:
             return ""
         return "met" if all(checks) else "**not met**"
@@ -57,6 +61,7 @@ class Row:
         parts += [f"<= {self.at_most:g}"] if self.at_most is not None else []
         parts += [f"> {self.above:g}"] if self.above is not None else []
         parts += [f"at most {self.max_drop:g} below SFT"] if self.max_drop is not None else []
+        parts += [f"at least {self.min_gain:g} above SFT"] if self.min_gain is not None else []
         return ", ".join(parts)
 
     def value(self, metrics: dict) -> str | None:

@@ -44,3 +44,32 @@ def test_a_bar_that_must_be_passed_not_reached():
     row = Row("gain, lower end", "low", above=0.0)
     assert row.verdict({"low": 0.01}) == "met"
     assert row.verdict({"low": 0.0}) == "**not met**" and row.bar() == "> 0"
+
+
+def test_the_rl_verdict_is_the_win_rates_interval_above_a_coin_flip():
+    from llmkit.evaluate import win_rate_ci
+    from llmkit.pipeline import RL_ROWS
+
+    bar = next(r for r in RL_ROWS if r.key == "oracle_win_rate_ci_low")
+
+    def verdict(wins: int, n: int = 400, samples: int = 1) -> str:
+        rows = [{"oracle_policy": 1.0 if i < wins else 0.0, "oracle_sft": 0.5} for i in range(n)]
+        rate, low, high = win_rate_ci(rows, n // samples)
+        assert rate == wins / n and low < rate < high
+        return bar.verdict({"oracle_win_rate_ci_low": low})
+
+    assert verdict(230) == "met"  # 0.575, interval from 0.527
+    assert verdict(210) == "**not met**"  # 0.525, interval from 0.476
+    # four answers to each of 100 prompts are 100 pieces of evidence, not 400: about as many wins (232), grouped by
+    # prompt (all four answers of 58 prompts win), are no longer enough
+    grouped = [{"oracle_policy": 1.0 if (i % 100) < 58 else 0.0, "oracle_sft": 0.5} for i in range(400)]
+    assert bar.verdict({"oracle_win_rate_ci_low": win_rate_ci(grouped, 100)[1]}) == "**not met**"
+
+
+def test_rl_must_beat_sfts_oracle_score_by_a_margin():
+    from llmkit.pipeline import RL_ROWS
+
+    row = next(r for r in RL_ROWS if r.key == "eval_oracle_score")
+    assert row.verdict({"eval_oracle_score": 0.56, "eval_oracle_score_sft": 0.5}) == "met"
+    assert row.verdict({"eval_oracle_score": 0.54, "eval_oracle_score_sft": 0.5}) == "**not met**"
+    assert row.bar() == "at least 0.05 above SFT"
