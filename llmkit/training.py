@@ -235,10 +235,18 @@ def check_sharding(trainer):
 
 
 def quiet(trainer):
-    """The trainer without transformers' printer (llmkit writes log.jsonl and the monitor shows it)."""
-    from transformers.trainer_callback import PrinterCallback
+    """The trainer without transformers' printer, and with a progress bar that does not print every log record
+    as a dict under it (`{'loss': '5.676', 'grad_norm': ...}` by the dozen): llmkit writes them to log.jsonl and
+    the live monitor shows them."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
 
     trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(BarOnly())
     return trainer
 
 

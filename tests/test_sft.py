@@ -186,6 +186,14 @@ def test_unknown_data_format_names_the_file_and_row(base_model, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_progress_bar_prints_no_raw_log_records(base_model, tmp_path, capfd):
+    sft.run(sft.SFTConfig(base_model=str(base_model), **{**FAST, "max_steps": 4}), tmp_path, progress=True)
+    out, err = capfd.readouterr()
+    assert "it/s" in err or "s/it" in err  # the bar is there
+    assert "'loss'" not in out + err and "'train_runtime'" not in out + err  # the dicts are in log.jsonl only
+    assert '"loss"' in (tmp_path / "sft" / "log.jsonl").read_text()
+
+
 def test_sft_on_alpaca_file(base_model, tmp_path):
     rows = [{"instruction": f"Say the number {i}.", "input": "", "output": f"{i}"} for i in range(40)]
     path = tmp_path / "alpaca.jsonl"
