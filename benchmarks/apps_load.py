@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from data_stage import machine, table
+from data_stage import provenance, table
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -116,9 +114,7 @@ def main() -> None:
     md = args.markdown
     out = []
     if md:
-        out += ["## The annotation app under load", "",
-                f"Produced by `{shlex.join(['python', *sys.argv])}` on {datetime.now(timezone.utc):%Y-%m-%d}; "
-                f"machine: {machine()}.", ""]
+        out += ["## The annotation app under load", "", provenance(), ""]
     out.append(f"{args.clients} gradio_client sessions ({len(set(annotators))} annotators, each in two sessions) "
                f"label {len(items)} pairs through one `llmkit label` app while another process writes "
                f"{len(votes)} chat votes into the same file:\n")

@@ -231,6 +231,13 @@ def table(headers: list[str], rows: list[list], markdown: bool, right: set[int] 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, cells)])
 
 
+def provenance(details: str = "") -> str:
+    """The line a benchmark's Markdown output opens with in BENCHMARKS.md: the command, the date and the machine."""
+    line = (f"Produced by `{shlex.join(['python', *sys.argv])}` on {datetime.now(timezone.utc):%Y-%m-%d}; "
+            f"machine: {machine()}.")
+    return f"{line} {details}" if details else line
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -265,9 +272,8 @@ def main() -> None:
     out = []
     if md:
         out += ["## Data stage", "",
-                f"Produced by `{shlex.join(['python', *sys.argv])}` on {datetime.now(timezone.utc):%Y-%m-%d}; "
-                f"machine: {machine()}. Corpus: data_samples/corpus.jsonl, {len(docs)} documents, "
-                f"{mb:.2f} MB of text. Whole benchmark: {total:.0f} s."]
+                provenance(f"Corpus: data_samples/corpus.jsonl, {len(docs)} documents, {mb:.2f} MB of text. "
+                           f"Whole benchmark: {total:.0f} s.")]
     else:
         out += [f"corpus: {corpus} ({len(docs)} documents, {mb:.2f} MB of text)", f"machine: {machine()}"]
 

@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from data_stage import machine, table
+from data_stage import provenance, table
 
 from llmkit.loaders import bundled_path, read_jsonl
 
@@ -148,9 +146,7 @@ def main() -> None:
     md = args.markdown
     out = []
     if md:
-        out += ["## Loaders at scale", "",
-                f"Produced by `{shlex.join(['python', *sys.argv])}` on {datetime.now(timezone.utc):%Y-%m-%d}; "
-                f"machine: {machine()}. Whole benchmark: {total:.0f} s.", ""]
+        out += ["## Loaders at scale", "", provenance(f"Whole benchmark: {total:.0f} s."), ""]
     out.append(f"Reading a jsonl.gz of {size / 1e9:.2f} GB ({lines:,} lines; {compressed / 1e9:.2f} GB compressed) "
                "to the end, in a fresh process each:\n")
     out.append(table(["reader", "records", "peak memory (MB)", "seconds"],

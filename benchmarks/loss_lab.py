@@ -14,30 +14,23 @@ own wall time is what the "under 30 minutes on 2 cores" target is about.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import time
-from datetime import date
 from pathlib import Path
+
+from data_stage import provenance
 
 from llmkit import runs
 from llmkit.loss_lab import ENTRIES, lab_table, run_lab
 from llmkit.pipeline import run_pipeline
 
 
-def machine() -> str:
+def matmul_peak() -> str:
     import torch
 
     from llmkit.pretrain import measure_matmul_flops
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    peak = measure_matmul_flops(torch.device("cpu"), torch.float32) / 1e9
-    return f"{os.cpu_count()} CPUs ({cpu}), fp32 matmul peak {peak:.0f} GFLOP/s, torch {torch.__version__}"
+    return f"fp32 matmul peak {measure_matmul_flops(torch.device('cpu'), torch.float32) / 1e9:.0f} GFLOP/s"
 
 
 def commit() -> str:
@@ -68,7 +61,7 @@ def main() -> None:
     start = time.perf_counter()
     rows = run_lab(args.run_dir, args.preset, chosen, progress=True)
     lab_seconds = time.perf_counter() - start
-    print(f"\n{date.today()} · commit {commit()} · {machine()}")
+    print("\n" + provenance(f"Commit {commit()}, {matmul_peak()}."))
     print(f"preset {args.preset}; base stages {base_seconds:.0f} s (0 if reused); lab {lab_seconds / 60:.1f} min "
           f"for {len(rows)} entries (reused entries count 0)\n")
     print(lab_table(rows))

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
-from data_stage import machine, table
+from data_stage import provenance, table
 
 QWEN2_5_0_5B = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
                 "num_key_value_heads": 2, "max_position_embeddings": 32768, "rope_theta": 1000000.0,
@@ -169,9 +167,7 @@ def main() -> None:
     md = args.markdown
     out = []
     if md:
-        out += ["## LoRA SFT on an open model's shape", "",
-                f"Produced by `{shlex.join(['python', *sys.argv])}` on {datetime.now(timezone.utc):%Y-%m-%d}; "
-                f"machine: {machine()}.", ""]
+        out += ["## LoRA SFT on an open model's shape", "", provenance(), ""]
     out.append(f"A random Qwen2.5-0.5B-shaped model ({params / 1e6:.0f} M parameters), {args.steps} steps of LoRA SFT "
                f"on {len(train)} conversations ({tokens:,} tokens), float32, each side in a fresh process:\n")
     out.append(table(["trainer", "train seconds", "tokens/s", "eval loss after", "peak memory (MB)"],

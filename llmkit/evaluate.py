@@ -23,6 +23,7 @@ from llmkit import world as W
 from llmkit.formats import answer_text, prompt_text
 from llmkit.generation import chat_generate, generate, greedy_continuations, response_logprobs
 from llmkit.loaders import bundled_path, read_jsonl
+from llmkit.verifier import is_correct
 
 FACT_PROMPTS = {
     "birth_town": "{n} is a native of",
@@ -177,8 +178,6 @@ def task_accuracy(policy, reference, tokenizer, prompts: list, answers: list, ma
     for the policy and the reference (SFT), and the policy's gain with its 95 % interval over the prompts (paired:
     the same questions, one greedy answer each). Also the share of the policy's answers cut at `max_new_tokens`,
     and `task_rows`: every question with both answers."""
-    from llmkit.verifier import is_correct
-
     mine = chat_generate(policy, tokenizer, prompts, max_new_tokens)
     theirs = chat_generate(reference, tokenizer, prompts, max_new_tokens)
     right = [is_correct(a["text"], e) for a, e in zip(mine, answers)]

@@ -22,6 +22,7 @@ where it stopped. Each value comes with its 95 % interval where one exists: the 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,8 +75,6 @@ def config_of(entry: Entry, preset: str = "tiny", **overrides):
 def run_entry(entry: Entry, run_dir: str | Path, preset: str = "tiny", progress: bool = False,
               **overrides) -> dict:
     """Run one entry (or reuse its finished folder) and return its row of the table."""
-    import json
-
     config = config_of(entry, preset, **overrides)
     module = ppo if entry.stage == "ppo" else trl_methods
     times = Path(run_dir) / "lab_times.json"  # the wall time of each entry, training and evaluation, for a lab

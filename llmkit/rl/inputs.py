@@ -34,9 +34,7 @@ def read_inputs(config, run_dir: Path) -> RLInputs:
     """From an RL config's policy_model, reward_model, reward, prompts, eval_prompts, eval_limit, closed_world and
     max_bad_rows. Prompts come from any format `llmkit.formats.read_prompts` reads; with the verifier, rows with a
     prompt and an answer (`llmkit.formats.read_tasks`)."""
-    reward = getattr(config, "reward", "model")
-    if reward not in REWARDS:
-        raise runs.StageError(f"reward={reward!r} is not a reward llmkit has; accepted: {', '.join(REWARDS)}")
+    reward = config.reward  # one of REWARDS: the config's choices refused any other
     policy_dir = runs.model_folder(config.policy_model, run_dir / "sft", "policy",
                                    f"run llmkit sft --run-dir {run_dir} first or pass its folder")
     rm_dir = None

@@ -607,13 +607,14 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
         model.eval()
         model.save_pretrained(out.work, safe_serialization=True)
         tokenizer.save_pretrained(out.work)
-        checks, warnings = health.check(read_jsonl(out.work / "log.jsonl"))
+        records = read_jsonl(out.work / "log.jsonl")
+        checks, warnings = health.check(records)
         metrics = {"policy_model": str(inputs.policy_dir), "reward": config.reward,
                    "reward_model": str(inputs.rm_dir) if inputs.rm_dir else None, "steps": config.max_steps,
                    "train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, config.max_steps),
                    "final_beta": trainer.kl_ctl.value, "rejected_rows": len(inputs.rejects.rows),
                    "resumed_from_step": first - 1, "processes": trainer.world_size,
-                   "prompts_cut": sum(r.get("prompts_cut", 0) for r in read_jsonl(out.work / "log.jsonl")), **checks}
+                   "prompts_cut": sum(r.get("prompts_cut", 0) for r in records), **checks}
         ref = trainer.ref if trainer.ref is not None else load_causal_lm(inputs.policy_dir, next(model.parameters()).device)
         evaluation = evaluate_policy(model, ref, tokenizer, rm, inputs.eval_prompts, config, inputs.policy_dir, oracle,
                                      inputs.eval_answers)
