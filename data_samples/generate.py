@@ -25,6 +25,8 @@ Everything is deterministic in the seed. What it writes (all jsonl unless noted)
 - tasks_train.jsonl, tasks_heldout.jsonl   verifiable tasks (prompt, exact `answer`, `task`) about the SFT /
                         held-out people, for RL with a rule reward (`llmkit.verifier`); sft_train.jsonl ends with
                         a few worked demonstrations of them (kind "task")
+- tasks_eval.jsonl      new verifiable tasks about the SFT people, none asked in tasks_train.jsonl or the
+                        demonstrations: held-out questions about known people, beside tasks_heldout's new people
 """
 
 from __future__ import annotations
@@ -797,7 +799,8 @@ def generate(out: Path, seed: int = 0, n_people: int = 200, n_towns: int = 40, n
     }
     files["preferences_eval.jsonl"] = make_preferences(erng, world, oracle, eval_prompts)
     # Verifiable tasks (RL with a rule reward), from their own random stream so every other file stays as it was:
-    # a few worked demonstrations in the SFT data, RL prompts about the SFT people, and held-out people to test on.
+    # a few worked demonstrations in the SFT data, RL prompts about the SFT people, and two tests: held-out people,
+    # and new questions about the SFT people.
     trng = random.Random(seed + 4)
     demos = make_tasks(trng, world, world.sft_people, TASK_DEMOS * len(W.TASKS))
     files["sft_train.jsonl"] = files["sft_train.jsonl"] + [
@@ -806,6 +809,12 @@ def generate(out: Path, seed: int = 0, n_people: int = 200, n_towns: int = 40, n
                                   for r in make_tasks(trng, world, world.sft_people, 400)]
     files["tasks_heldout.jsonl"] = [{k: r[k] for k in ("prompt", "answer", "task")}
                                     for r in make_tasks(trng, world, world.heldout_people, 400)]
+    asked = {r["prompt"][0]["content"] for r in demos + files["tasks_train.jsonl"]}
+    files["tasks_eval.jsonl"] = []
+    for r in make_tasks(trng, world, world.sft_people, 800):
+        if r["prompt"][0]["content"] not in asked and len(files["tasks_eval.jsonl"]) < 400:
+            asked.add(r["prompt"][0]["content"])
+            files["tasks_eval.jsonl"].append({k: r[k] for k in ("prompt", "answer", "task")})
     for name, rows in files.items():
         with open(out / name, "w", encoding="utf-8") as f:
             for r in rows:

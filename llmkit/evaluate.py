@@ -192,18 +192,26 @@ def task_accuracy(policy, reference, tokenizer, prompts: list, answers: list, ma
 
 
 def evaluate_policy(model, reference, tokenizer, rm, prompts: list, config, reference_dir=None, oracle=None,
-                    answers: list | None = None) -> dict:
+                    answers: list | None = None, more_tasks: dict[str, tuple[list, list]] | None = None) -> dict:
     """What every RL stage reports: `compare_policies` on `prompts` with the config's `max_new_tokens`,
     `temperature`, `eval_samples_per_prompt` and `seed`, and, on the closed world (an `oracle`), closed-world QA
     against the reference (the SFT model, whose own QA is read from `reference_dir` when it asked the same
     questions). With `answers` (verifiable tasks) also `task_accuracy` against the reference, and no oracle
-    win-rate (the oracle's preference rule is for questions about facts). `rows` holds every comparison;
+    win-rate (the oracle's preference rule is for questions about facts); `more_tasks` {name: (prompts, answers)}
+    are more task sets, measured the same way under keys that start with their name instead of "task" (every
+    question in `task_rows`, with its set's name under "split"). `rows` holds every comparison;
     `warnings` says when most answers ran out of tokens."""
     sampled = prompts if answers is None else prompts[: config.eval_limit]  # the tasks' KL: on as many as the RM's
     out = compare_policies(model, reference, tokenizer, rm, sampled, config.max_new_tokens, config.temperature,
                            config.eval_samples_per_prompt, config.seed, oracle if answers is None else None)
     if answers is not None:
         out.update(task_accuracy(model, reference, tokenizer, prompts, answers, config.max_new_tokens))
+        for row in out["task_rows"]:
+            row["split"] = "task"
+        for name, (more_prompts, more_answers) in (more_tasks or {}).items():
+            more = task_accuracy(model, reference, tokenizer, more_prompts, more_answers, config.max_new_tokens)
+            out["task_rows"] += [{**row, "split": name} for row in more.pop("task_rows")]
+            out.update({name + k[len("task"):]: v for k, v in more.items()})
     if out["eval_eos_fraction"] < 0.5:
         out["warnings"] = [f"{1 - out['eval_eos_fraction']:.0%} of its answers to the evaluation prompts ran out of "
                            f"tokens (max_new_tokens={config.max_new_tokens}) before they ended their turn: raise "

@@ -16,6 +16,7 @@ measurements, and the chat app its model folders. Adding a stage is one entry.
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,9 +68,12 @@ RL_ROWS = (Row("oracle win-rate vs SFT", "oracle_win_rate"),
            Row("reward-model score (SFT's)", "eval_rm_score", beside="eval_rm_score_sft"),
            Row("answer length in tokens (SFT's)", "eval_response_length", beside="eval_response_length_sft"),
            Row("answers that ended their turn", "eval_eos_fraction"),
-           # with the verifier (--reward verifier): exact answers to held-out tasks, greedy, against SFT's
-           Row("verifiable tasks answered exactly (SFT's)", "task_accuracy", beside="task_accuracy_sft"),
+           # with the verifier (--reward verifier): exact answers to held-out tasks, greedy, against SFT's; on the
+           # bundled tasks both about people neither SFT nor RL saw, and new questions about the people RL trained on
+           Row("held-out tasks answered exactly (SFT's)", "task_accuracy", beside="task_accuracy_sft"),
            Row("gain over SFT, 95 % interval's lower end", "task_gain_ci_low", above=0.0),
+           Row("new tasks about RL's people answered exactly (SFT's)", "task_new_accuracy", beside="task_new_accuracy_sft"),
+           Row("gain over SFT, 95 % interval's lower end", "task_new_gain_ci_low", above=0.0),
            Row("prompts cut to fit the context", "prompts_cut", hide_zero=True), REJECTED)
 
 REGISTRY = (
@@ -139,7 +143,8 @@ def run_pipeline(run_dir: str | Path = "runs/demo", preset: str = "tiny", stages
                  overrides: dict[str, dict] | None = None, overwrite: bool = False,
                  progress: bool = True) -> dict[str, StageResult]:
     """Run `stages` in order into `run_dir` with `preset`'s settings and the `overrides` of each stage
-    ({"sft": {"lora": True}}), print what each did, and write RUN_DIR/report.md."""
+    ({"sft": {"lora": True}}), print what each did, and write RUN_DIR/report.md and RUN_DIR/timings.json (each
+    stage folder's wall time this run in seconds, null where it was reused)."""
     overrides = overrides or {}
     for name in [*stages, *overrides]:
         stage(name)  # an unknown stage fails before anything runs
@@ -160,6 +165,7 @@ def run_pipeline(run_dir: str | Path = "runs/demo", preset: str = "tiny", stages
                 print(stage_summary(name, result), flush=True)
     if main:
         side_by_side(run_dir)
+        (Path(run_dir) / TIMINGS).write_text(json.dumps(timings, indent=1) + "\n", encoding="utf-8")
         print(f"report: {write_report(run_dir, timings)}")
     return results
 
@@ -187,6 +193,7 @@ def write_report(run_dir: str | Path, timings: dict[str, float | None] | None = 
 
 
 SIDE_BY_SIDE = "side_by_side.jsonl"
+TIMINGS = "timings.json"
 
 
 def side_by_side(run_dir: str | Path, n_prompts: int = 5, max_new_tokens: int = 48) -> list[dict]:

@@ -17,7 +17,10 @@ def test_run_pipeline_is_the_code_the_command_ran(smoke_pipeline, capsys):
     assert done.returncode == 0, done.stderr
     run_dir = folder / "runs" / "smoke"
     before = (run_dir / "report.md").read_text()
+    took = json.loads((run_dir / "timings.json").read_text())  # each stage's wall time, for benchmarks/pipeline_time.py
+    assert set(took) == set(pipeline.DEFAULT_STAGES) and all(t > 0 for t in took.values())
     results = pipeline.run_pipeline(run_dir, preset="smoke", progress=False)
+    assert set(json.loads((run_dir / "timings.json").read_text()).values()) == {None}  # all reused this time
     assert list(results) == list(pipeline.DEFAULT_STAGES) == ["data", "pretrain", "sft", "reward", "ppo"]
     assert all(r.reused for r in results.values())
     printed = capsys.readouterr().out

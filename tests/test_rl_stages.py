@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from llmkit.loaders import bundled_path, read_jsonl
 from llmkit.oracle import Oracle
 from llmkit.reward_model import LikelihoodRewardModel, answer_header
 from llmkit.rl import ppo, trl_methods
@@ -110,11 +111,16 @@ def test_grpo_against_the_verifier_needs_no_reward_model_and_measures_exact_answ
     result = trl_methods.run(config, run, progress=False)
     out, m = result.output_dir, result.metrics
     assert m["reward"] == "verifier" and m["reward_model"] is None and m["loss_type"] == "dr_grpo"
-    rows = [json.loads(line) for line in (out / "task_samples.jsonl").read_text().splitlines()]
-    assert len(rows) == m["task_questions"] == 8
-    assert m["task_accuracy"] == sum(r["policy_correct"] for r in rows) / 8
-    assert m["task_accuracy_sft"] == sum(r["sft_correct"] for r in rows) / 8
-    assert m["task_gain_ci_low"] <= m["task_gain"] <= m["task_gain_ci_high"]
+    samples = [json.loads(line) for line in (out / "task_samples.jsonl").read_text().splitlines()]
+    # two test sets: held-out people ("task"), and new questions about the people RL trained on ("task_new")
+    heldout = {r["prompt"][0]["content"] for r in read_jsonl(bundled_path("tasks_heldout.jsonl"))}
+    new = {r["prompt"][0]["content"] for r in read_jsonl(bundled_path("tasks_eval.jsonl"))}
+    for split, questions in (("task", heldout), ("task_new", new)):
+        rows = [r for r in samples if r["split"] == split]
+        assert len(rows) == m[f"{split}_questions"] == 8 and {r["prompt"] for r in rows} <= questions
+        assert m[f"{split}_accuracy"] == sum(r["policy_correct"] for r in rows) / 8
+        assert m[f"{split}_accuracy_sft"] == sum(r["sft_correct"] for r in rows) / 8
+        assert m[f"{split}_gain_ci_low"] <= m[f"{split}_gain"] <= m[f"{split}_gain_ci_high"]
     assert "qa_heldout" in m and "eval_kl_per_token" in m and "oracle_win_rate" not in m
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     for key in ("verifier_reward", "zero_std_groups", "cut_at_cap", "entropy", "kl"):
@@ -167,3 +173,17 @@ def test_ppo_against_the_verifier_starts_its_value_model_from_the_policy(rl_run,
     for r in records:  # the score is the verifier's 0/1, and the answers' share cut at the cap is logged
         assert r["score"] == pytest.approx(r["verifier_reward"]) and r["cut_at_cap"] == pytest.approx(1 - r["eos_fraction"])
     assert "health_clipfrac" in m
+
+
+def test_cispo_clips_its_importance_weight_at_trls_recommended_bound(rl_run, tmp_path):
+    """TRL's cispo clamps the importance weight at epsilon_high, which defaults to epsilon (0.2): on-policy, where
+    the weight is 1, every token's gradient would be a fifth of dapo's. llmkit sets ε_max as TRL recommends."""
+    config = trl_methods.config_for("grpo", "smoke", reward="verifier", loss_type="cispo")
+    tasks = read_jsonl(bundled_path("tasks_train.jsonl"))[:4]
+    trainer, _ = trl_methods.build_trainer(config, rl_run / "sft", None, [t["prompt"] for t in tasks], None,
+                                           tmp_path, answers=[t["answer"] for t in tasks])
+    assert trainer.loss_type == "cispo" and trainer.epsilon_high == trl_methods.CISPO_EPSILON_MAX == 5.0
+    dapo, _ = trl_methods.build_trainer(trl_methods.config_for("grpo", "smoke", reward="verifier", loss_type="dapo"),
+                                        rl_run / "sft", None, [t["prompt"] for t in tasks], None, tmp_path / "dapo",
+                                        answers=[t["answer"] for t in tasks])
+    assert dapo.epsilon_high == pytest.approx(0.2)  # the others keep TRL's defaults

@@ -52,16 +52,22 @@ def test_numbers_compare_by_value_and_names_by_their_letters():
 
 def test_every_bundled_task_is_checked_by_the_oracle_from_the_worlds_facts(oracle):
     world = oracle.world
-    for name, people in (("tasks_train.jsonl", set(world.sft_people)), ("tasks_heldout.jsonl", set(world.heldout_people))):
+    for name, people in (("tasks_train.jsonl", set(world.sft_people)), ("tasks_heldout.jsonl", set(world.heldout_people)),
+                         ("tasks_eval.jsonl", set(world.sft_people))):
         rows = read_jsonl(bundled_path(name))
         assert {r["task"] for r in rows} == set(W.TASKS)
         for r in rows:
             assert oracle.task_answer(r["prompt"]) == r["answer"], r
             task, slots = oracle.task(r["prompt"])
             assert task == r["task"] and {slots["a"], slots.get("b", slots["a"])} <= people  # who it asks about
-    # the held-out tasks ask only about people the SFT data never names
-    assert not {r["prompt"][0]["content"] for r in read_jsonl(bundled_path("tasks_heldout.jsonl"))} & {
-        r["prompt"][0]["content"] for r in read_jsonl(bundled_path("tasks_train.jsonl"))}
+    # the held-out tasks ask only about people the SFT data never names, and the new tasks about the SFT people
+    # ask nothing that RL trains on or that SFT demonstrates
+    def questions(name, kind=None):
+        return {(r["prompt"] if "prompt" in r else r["messages"])[0]["content"] for r in read_jsonl(bundled_path(name))
+                if kind is None or r.get("kind") == kind}
+    asked = questions("tasks_train.jsonl") | questions("sft_train.jsonl", kind="task")
+    assert len(questions("tasks_eval.jsonl")) == 400 and not questions("tasks_eval.jsonl") & asked
+    assert not questions("tasks_heldout.jsonl") & asked
 
 
 def test_task_answers_follow_from_the_facts(oracle):

@@ -3,7 +3,7 @@ where the reward needs one, and the prompts to train and evaluate on — all che
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit import runs
@@ -28,6 +28,9 @@ class RLInputs:
     rejects: Rejects  # the rows of the user's prompt files that hold no prompt
     answers: list | None = None  # the verifier's expected answer of each prompt
     eval_answers: list | None = None
+    # more verifiable tasks to test on, by name: on the bundled tasks, "task_new" holds new questions about the
+    # people RL trains on, beside eval_prompts' questions about people that neither SFT nor RL saw
+    more_eval: dict[str, tuple[list, list]] = field(default_factory=dict)
 
 
 def read_inputs(config, run_dir: Path) -> RLInputs:
@@ -57,5 +60,9 @@ def read_inputs(config, run_dir: Path) -> RLInputs:
                                   "--eval-prompts")
         tasks, eval_tasks = tasks[:-n], tasks[-n:]
     eval_tasks = eval_tasks[: config.task_eval_limit]
+    more = {}
+    if not config.prompts and not config.eval_prompts:
+        new = read_tasks(bundled_path("tasks_eval.jsonl"), rejects)[: config.task_eval_limit]
+        more["task_new"] = ([t["prompt"] for t in new], [t["answer"] for t in new])
     return RLInputs(policy_dir, rm_dir, [t["prompt"] for t in tasks], [t["prompt"] for t in eval_tasks],
-                    closed_world, rejects, [t["answer"] for t in tasks], [t["answer"] for t in eval_tasks])
+                    closed_world, rejects, [t["answer"] for t in tasks], [t["answer"] for t in eval_tasks], more)

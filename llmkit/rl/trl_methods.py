@@ -145,7 +145,8 @@ def run(config: MethodConfig, run_dir: str | Path, overwrite: bool = False, prog
             oracle = Oracle()
         rm = RewardModel.load(inputs.rm_dir, device) if inputs.rm_dir is not None else None
         evaluation = evaluate_policy(model, load_causal_lm(inputs.policy_dir, device), tokenizer, rm,
-                                     inputs.eval_prompts, config, inputs.policy_dir, oracle, inputs.eval_answers)
+                                     inputs.eval_prompts, config, inputs.policy_dir, oracle, inputs.eval_answers,
+                                     inputs.more_eval)
         write_jsonl(out.work / "eval_samples.jsonl", evaluation.pop("rows"))
         if "task_rows" in evaluation:
             write_jsonl(out.work / "task_samples.jsonl", evaluation.pop("task_rows"))
@@ -169,6 +170,10 @@ LOG_NAMES = (("reward", "reward"), ("rewards/chosen", "reward_chosen"), ("reward
              ("frac_reward_zero_std", "zero_std_groups"), ("completions/clipped_ratio", "cut_at_cap"),
              ("rewards/oracle/mean", "oracle_score"), ("rewards/verifier/mean", "verifier_reward"),
              ("rewards/reward_model/mean", "rm_reward"))
+
+
+# cispo's upper bound on the importance weight (ε_max), the value TRL's GRPOConfig recommends from the ScaleRL paper
+CISPO_EPSILON_MAX = 5.0
 
 
 def loss_types(method: str) -> tuple[str, ...]:
@@ -297,6 +302,8 @@ def build_trainer(config: MethodConfig, policy_dir: Path, rm_dir: Path | None, p
         from trl import GRPOTrainer as Trainer
 
         kwargs["importance_sampling_level"] = config.importance_sampling_level
+        if config.loss_type == "cispo":  # TRL's cispo clips the importance weight at epsilon_high, which otherwise
+            kwargs["epsilon_high"] = CISPO_EPSILON_MAX  # is epsilon's 0.2: every weight, ~1 on-policy, becomes 0.2
     else:
         from trl import RLOOTrainer as Trainer
     trainer = Trainer(model=policy, reward_funcs=funcs, args=Config(**kwargs), train_dataset=Dataset.from_list(rows),
