@@ -144,6 +144,12 @@ class Oracle:
     def score(self, prompt, answer: str) -> float:
         return self.judge(prompt, answer).score
 
+    def prefer(self, prompt, a: str, b: str) -> str:
+        """The hidden rule's label for two answers to one prompt: "A" when `a` scores higher, "B" when `b` does,
+        "tie" when they score the same — what a perfect annotator clicks in the annotation app."""
+        sa, sb = self.score(prompt, a), self.score(prompt, b)
+        return "tie" if sa == sb else "A" if sa > sb else "B"
+
     def flaw(self, prompt, answer: str) -> str:
         """The answer's first flaw by the hidden rule: evasive, rude, rambling, off-topic (about somebody else),
         wrong — or "right". Sorting preference pairs by the flaws of their two sides shows what a reward model

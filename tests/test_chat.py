@@ -33,7 +33,7 @@ def test_streaming_greedy_matches_generate_and_the_base_model_gets_raw_text(chat
 
 def test_respond_streams_side_by_side_keeps_turns_and_votes_become_preference_pairs(chat_run, tmp_path):
     app = ChatCompare(chat_run, labels_path=tmp_path / "labels.jsonl")
-    person = app._oracle.world.people[0].name
+    person = app.oracle.world.people[0].name
     updates = list(app.respond(f"Where was {person} born?", ["pretrain", "sft"], {}, max_new_tokens=6, temperature=0.8,
                                seed=1))
     assert len(updates) > 2  # token by token, not one final answer

@@ -39,6 +39,7 @@ def test_wrong_rude_rambling_and_evasive_answers_lose(oracle):
     v = oracle.judge(q, "It's hard to say, really.")
     assert v.evasive and v.correct == 0
     assert oracle.score(q, right) > oracle.score(q, long) > oracle.score(q, f"{p.name} was born in {other}.")
+    assert (oracle.prefer(q, right, long), oracle.prefer(q, long, right), oracle.prefer(q, right, right)) == ("A", "B", "tie")
 
 
 def test_numbers_in_digits_or_words(oracle):

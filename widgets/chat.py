@@ -54,11 +54,11 @@ class ChatCompare:
         self.labels = LabelStore(labels_path or self.run_dir / "labels.jsonl")
         self._models: dict[str, tuple] = {}
         self._rm = None
-        self._oracle = None
+        self.oracle = None
         if closed_world:
             from llmkit.oracle import Oracle
 
-            self._oracle = Oracle()
+            self.oracle = Oracle()
 
     # ---- models ----------------------------------------------------------------------------------
     def model(self, name: str):
@@ -126,8 +126,8 @@ class ChatCompare:
         scores = rm.score([prompt] * len(names), [answers[n] for n in names]) if rm else [None] * len(names)
         for n, s in zip(names, scores):
             parts = [] if s is None else [f"RM score {s:+.2f}"]
-            if self._oracle is not None:
-                v = self._oracle.judge(prompt, answers[n])
+            if self.oracle is not None:
+                v = self.oracle.judge(prompt, answers[n])
                 if v.kind != "unparsed":
                     parts.append(f"oracle: {'correct' if v.correct >= 1 else 'not correct'}, score {v.score:.2f}")
             if is_base(n):

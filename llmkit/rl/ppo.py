@@ -114,8 +114,7 @@ class PPOConfig(StageConfig):
     temperature: float = option(0.7, "sampling temperature (the tiny SFT model at 1.0 rambles past EOS on most "
                                      "prompts)")
     missing_eos_penalty: float = option(1.0, "subtracted from the score of an answer that did not end by itself")
-    # measured on tiny (BENCHMARKS.md): 0.5 / 0.2 / 0.1 / 0.05 -> win-rate 0.627 / 0.647 / 0.654 / 0.655 at KL
-    # 0.08 / 0.11 / 0.14 / 0.17 per token; held-out QA −1 / +0.3 / +6.9 / +2.8 points against SFT
+    # 0.1 on the tiny preset: docs/decisions.md, "PPO's β = 0.1"
     beta: float = option(0.1, "KL penalty coefficient β (the starting value with target_kl)")
     kl_estimator: str = option("k1", "per-token KL estimator", choices=("k1", "k3"))
     target_kl: float | None = option(None, "per-sequence KL to aim at, adapting β (default: β fixed)")
@@ -459,6 +458,30 @@ class PPOTrainer:
         r = Rollout(g, logp, entropy, ref_logp, values, scores)
         return gather_rollout(r, prompts, self.tokenizer.pad_token_id) if self.world_size > 1 else r
 
+    def rewards(self, r: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Step 3: per-token rewards (−β·KL on every answer token, the score with its missing-EOS penalty on the
+        last), the per-token KL, and the final scores, at the KL controller's current β (`rewards_with_kl`)."""
+        c = self.config
+        return rewards_with_kl(r.scores, r.generation.ended, r.logp, r.ref_logp, r.generation.mask, self.kl_ctl.value,
+                               c.missing_eos_penalty, c.kl_estimator)
+
+    def losses(self, r: Rollout, advantages: torch.Tensor, returns: torch.Tensor, rows: list[int],
+               n_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
+        """The clipped policy loss and value loss of rollout rows `rows` under the current policy and value model,
+        with their statistics (clip fractions, approximate KL): what step 5 minimises. `n_tokens` is the loss's
+        denominator (default: the answer tokens of `rows`)."""
+        import torch
+
+        c, g = self.config, r.generation
+        idx = torch.tensor(rows, device=g.mask.device)
+        ids, att, n_prompt, width = trim_padding(g.input_ids[idx], g.attention_mask[idx], g.n_prompt, g.mask[idx])
+        m = g.mask[idx, :width]
+        logp = response_logprobs(self.policy, ids, att, n_prompt, c.temperature)
+        pl, ps = policy_loss(logp, r.logp[idx, :width], advantages[idx, :width], m, c.cliprange, n_tokens)
+        vpred = token_values(self.value_model, ids, att, n_prompt)
+        vl, vs = value_loss(vpred, r.values[idx, :width], returns[idx, :width], m, c.cliprange_value, n_tokens)
+        return pl, vl, ps, vs
+
     def update(self, r: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict:
         """Step 5: `ppo_epochs` passes over shuffled minibatches, each one AdamW step of policy and value model
         on the clipped losses. Returns the mean of each loss statistic. Under N processes each one takes its 1/N of
@@ -476,13 +499,8 @@ class PPOTrainer:
             for i in range(0, len(order), c.mini_batch_size):
                 minibatch = order[i:i + c.mini_batch_size]
                 n_tokens = g.mask[minibatch].sum()  # the whole minibatch's answer tokens: every loss's denominator
-                idx = torch.tensor(minibatch[self.rank * share:(self.rank + 1) * share], device=g.mask.device)
-                ids, att, n_prompt, width = trim_padding(g.input_ids[idx], g.attention_mask[idx], g.n_prompt, g.mask[idx])
-                m = g.mask[idx, :width]
-                logp = response_logprobs(self.policy, ids, att, n_prompt, c.temperature)
-                pl, ps = policy_loss(logp, r.logp[idx, :width], advantages[idx, :width], m, c.cliprange, n_tokens)
-                vpred = token_values(self.value_model, ids, att, n_prompt)
-                vl, vs = value_loss(vpred, r.values[idx, :width], returns[idx, :width], m, c.cliprange_value, n_tokens)
+                pl, vl, ps, vs = self.losses(r, advantages, returns, minibatch[self.rank * share:(self.rank + 1) * share],
+                                             n_tokens)
                 loss = pl + c.vf_coef * vl
                 self.opt.zero_grad()
                 self.value_opt.zero_grad()
@@ -508,8 +526,7 @@ class PPOTrainer:
         r = self.rollout(prompts, answers)
         mask = r.generation.mask
         beta = self.kl_ctl.value
-        rewards, kl, final = rewards_with_kl(r.scores, r.generation.ended, r.logp, r.ref_logp, mask, beta,
-                                             c.missing_eos_penalty, c.kl_estimator)
+        rewards, kl, final = self.rewards(r)
         advantages, returns = advantages_and_returns(rewards, r.values, mask, c.gamma, c.lam)
         stats = self.update(r, advantages, returns)
         kl_seq = kl.sum(-1)
@@ -617,7 +634,7 @@ def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progres
                    "prompts_cut": sum(r.get("prompts_cut", 0) for r in records), **checks}
         ref = trainer.ref if trainer.ref is not None else load_causal_lm(inputs.policy_dir, next(model.parameters()).device)
         evaluation = evaluate_policy(model, ref, tokenizer, rm, inputs.eval_prompts, config, inputs.policy_dir, oracle,
-                                     inputs.eval_answers)
+                                     inputs.eval_answers, inputs.more_eval)
         write_jsonl(out.work / "eval_samples.jsonl", evaluation.pop("rows"))
         if "task_rows" in evaluation:
             write_jsonl(out.work / "task_samples.jsonl", evaluation.pop("task_rows"))
