@@ -4,9 +4,9 @@ same batch, same sequence length, in one run — and both as a fraction of this 
     python benchmarks/pretrain_throughput.py [--steps 60] [--depth 4] [--batch 32] [--seq 128] [--markdown]
 
 The plain loop is the least a training step can do: forward, backward, AdamW step, zero_grad, on batches
-sliced from one tensor; llmkit's runs with AdamW too (the tiny preset's default is Muon, whose step costs more
-and saves steps instead: BENCHMARKS.md, "Muon"). llmkit's loop adds accelerate, gradient clipping, the LR schedule, re-packed epochs
-and logging; its tokens/s is the median over its logging windows (evaluation and checkpointing excluded,
+sliced from one tensor; llmkit's runs with AdamW too, the tiny preset's default (Muon's step costs more and
+saves steps instead: BENCHMARKS.md, "Muon step"). llmkit's loop adds accelerate, gradient clipping, the LR
+schedule, re-packed epochs and logging; its tokens/s is the median over its logging windows (evaluation and checkpointing excluded,
 as the plain loop has neither). The plain loop runs before and after llmkit's, and the two are averaged,
 so drift on a shared machine hurts neither side. MFU = tokens/s × training FLOPs per token / peak, with
 the peak measured as the best fp32 1024×1024 matmul rate (`llmkit.pretrain.measure_matmul_flops`).

@@ -35,17 +35,8 @@ class ModelPreset:
 
 
 PRESETS: dict[str, ModelPreset] = {
-    # CPU, the embedded default. Batches of 8: in a 4-minute budget, more (smaller) steps store far more facts
-    # than fewer big ones (fact completion 0.88 at 8 x 1300 vs 0.30 at 32 x 340 on the same data and time).
-    # Weight decay 1.0 on the transformer's matrices (not the embeddings), not the usual 0.1: on the bundled
-    # corpus it stores far more facts in the same steps (fact completion 0.61 -> 0.94; see BENCHMARKS.md). Likely
-    # because RMSNorm makes much of the network close to scale-invariant, so shrinking the matrices raises their
-    # effective learning rate, without the divergence a larger raw learning rate brings (6e-3: 0.19).
-    # Depth 4, not 3: depth 3 runs the whole pipeline in about 9.5 minutes on a 2-core CPU of ~120 GFLOP/s (depth
-    # 4: 16.5), but PPO's win-rate then sits at its 0.65 bar (0.651 over ten runs; depth 4: 0.695), and LoRA r=8
-    # would train 5.0 % of its weights before the embedding rows of unseen tokens (the LoRA bar: at most 5 %).
-    # AdamW, not Muon: Muon stores more facts in 400 steps than AdamW in 1100 (0.96 vs 0.90, 0.62x the time), but
-    # PPO on the better SFT model built on it misses its bars (win-rate 0.45-0.60 in seven runs; BENCHMARKS.md).
+    # CPU, the embedded default: batches of 8, weight decay 1.0 on the matrices, depth 4, AdamW. Why each, with
+    # the runs that decided it: docs/decisions.md.
     "tiny": ModelPreset(depth=4, seq_len=128, batch_size=8, weight_decay=1.0),
     "small": ModelPreset(depth=8, seq_len=512, batch_size=64),  # one consumer GPU, ~30 M
     # GPT-2-small-sized, ~124 M with a 50k vocab. Micro-batches of 32: 23 GiB, 0.97x the speed of 64 (45 GiB) on

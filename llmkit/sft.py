@@ -68,8 +68,7 @@ class SFTConfig(StageConfig):
     weight_decay: float = option(0.0, "AdamW's weight decay")
     packing: bool | None = option(None, "pack conversations into rows (default: only where padding-free attention "
                                         "exists, CUDA with FlashAttention)")
-    # Measured (BENCHMARKS.md): held-out QA 0.27 with the embeddings frozen but the chat tokens' rows, 0.05
-    # with every row training — full SFT rewrites the embeddings of the names it trains on.
+    # Why these rows: docs/decisions.md, "Which embedding rows SFT trains".
     freeze_embeddings: bool = option(True, "full SFT: keep the token embeddings fixed except the chat tokens' rows")
     train_unseen_tokens: bool = option(True, "the embedding rows of answer tokens the run's pretraining data never "
                                              "contains train too (frozen, refusals came out garbled)")
@@ -226,7 +225,7 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
 
 
 def epochs(config: SFTConfig) -> float:
-    # LoRA needs more passes: held-out QA 0.19 at 3 epochs, 0.47 at 10 (BENCHMARKS.md)
+    # LoRA needs more passes (docs/decisions.md)
     return config.epochs if config.epochs is not None else (10.0 if config.lora else 3.0)
 
 

@@ -138,7 +138,8 @@ def test_exact_and_near_dedup_keep_the_first_copy():
 
 
 def test_the_same_steps_run_on_a_datatrove_executor(tmp_path):
-    """The README's recipe: llmkit's steps between a datatrove reader and writer, on the local executor."""
+    """The recipe in docs/scale_out.md: llmkit's steps between a datatrove reader and writer, on the local
+    executor."""
     import gzip
 
     from datatrove.executor import LocalPipelineExecutor
