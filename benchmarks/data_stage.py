@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -236,6 +237,22 @@ def provenance(details: str = "") -> str:
     line = (f"Produced by `{shlex.join(['python', *sys.argv])}` on {datetime.now(timezone.utc):%Y-%m-%d}; "
             f"machine: {machine()}.")
     return f"{line} {details}" if details else line
+
+
+def matmul_peak() -> str:
+    import torch
+
+    from llmkit.pretrain import measure_matmul_flops
+
+    return f"fp32 matmul peak {measure_matmul_flops(torch.device('cpu'), torch.float32) / 1e9:.0f} GFLOP/s"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def machine() -> str:

@@ -14,31 +14,14 @@ own wall time is what the "under 30 minutes on 2 cores" target is about.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 from pathlib import Path
 
-from data_stage import provenance
+from data_stage import commit, matmul_peak, provenance
 
 from llmkit import runs
 from llmkit.loss_lab import ENTRIES, lab_table, run_lab
 from llmkit.pipeline import run_pipeline
-
-
-def matmul_peak() -> str:
-    import torch
-
-    from llmkit.pretrain import measure_matmul_flops
-
-    return f"fp32 matmul peak {measure_matmul_flops(torch.device('cpu'), torch.float32) / 1e9:.0f} GFLOP/s"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
