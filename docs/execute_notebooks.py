@@ -25,17 +25,22 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+PROGRESS = ("FloatProgressModel", "IntProgressModel")
 
 
 def widget_outputs(model_id: str, state: dict) -> list[dict]:
     """The static outputs of a displayed widget: its HTML widgets' text and its Output widgets' outputs, in order.
-    Nothing for widgets without a static view (buttons, sliders)."""
+    Nothing for widgets without a static view (buttons, sliders), nor for progress bars (tqdm's in a notebook: a
+    finished bar of loading weights or mapping a dataset says nothing)."""
     model = state.get(model_id)
     if model is None:
         return []
     name, s = model["model_name"], model["state"]
     if name in ("VBoxModel", "HBoxModel", "BoxModel", "TabModel", "AccordionModel"):
-        return [o for child in s.get("children", []) for o in widget_outputs(child.removeprefix("IPY_MODEL_"), state)]
+        children = [c.removeprefix("IPY_MODEL_") for c in s.get("children", [])]
+        if any(state.get(c, {}).get("model_name") in PROGRESS for c in children):
+            return []
+        return [o for child in children for o in widget_outputs(child, state)]
     if name == "HTMLModel" and s.get("value"):
         return [nbformat.v4.new_output("display_data", data={"text/html": s["value"]})]
     if name == "OutputModel":
@@ -58,9 +63,8 @@ def freeze_widgets(nb) -> int:
             if view is None:
                 outputs.append(o)
                 continue
-            static = widget_outputs(view["model_id"], state)
-            outputs += static
-            replaced += bool(static)
+            outputs += widget_outputs(view["model_id"], state)
+            replaced += 1
         cell.outputs = outputs
     nb.metadata.pop("widgets", None)
     return replaced

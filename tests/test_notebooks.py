@@ -47,13 +47,14 @@ def test_executed_notebooks_keep_a_static_view_of_each_live_monitor(tmp_path, mo
         "display(m.widget)\n"
         "for s in range(1, 4):\n"
         "    m.on_log({'step': s, 'loss': 3.0 / s, 'samples': [{'prompt': 'a <b>', 'continuation': 'c'}]})"),
-        nbformat.v4.new_code_cell("print('plain output stays')"), nbformat.v4.new_code_cell("m.widget")])
+        nbformat.v4.new_code_cell("print('plain output stays')"), nbformat.v4.new_code_cell("m.widget"),
+        nbformat.v4.new_code_cell("from tqdm.notebook import tqdm\nfor _ in tqdm(range(3)):\n    pass")])
     path = tmp_path / "demo.ipynb"
     nbformat.write(nb, path)
     result = script.execute(path, tmp_path, timeout=120)
     saved = nbformat.read(path, as_version=4)
     first = saved.cells[0].outputs
-    assert result["widgets"] == 2 and "widgets" not in saved.metadata  # displayed, and a cell's value
+    assert result["widgets"] == 3 and "widgets" not in saved.metadata  # displayed, a cell's value, a progress bar
     assert not any(script.WIDGET_VIEW in o.get("data", {}) for o in first)
     html = [o["data"]["text/html"] for o in first if "text/html" in o.get("data", {})]
     assert any("step 3" in h for h in html) and any("a &lt;b&gt;" in h for h in html)  # status, escaped samples
@@ -61,3 +62,4 @@ def test_executed_notebooks_keep_a_static_view_of_each_live_monitor(tmp_path, mo
     assert saved.cells[1].outputs[0]["text"] == "plain output stays\n"
     last = saved.cells[2].outputs
     assert last and not any(script.WIDGET_VIEW in o.get("data", {}) for o in last)
+    assert saved.cells[3].outputs == []  # a finished progress bar is noise on a page
