@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 from llmkit import runs
@@ -307,6 +308,7 @@ def freeze_embeddings_except(embedding, token_ids: list[int]):
         return None
     weight.requires_grad_(True)
     weight.trained_rows = len(token_ids)
+    weight.trained_indices = sorted(token_ids)  # for the saved adapter (`add_trained_rows`)
     index = torch.tensor(sorted(token_ids), device=weight.device)
     rows = weight.row_parameter = torch.nn.Parameter(weight.detach()[index].clone())
     mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
@@ -384,6 +386,7 @@ def save_trained(trainer, tokenizer, folder: Path, lora: bool = False, adapter: 
     if lora:
         if adapter is not None:
             model.save_pretrained(adapter)
+            add_trained_rows(adapter, model)
         if quantized_base is not None:
             model = merge_into_full_precision(model, quantized_base)
         else:
@@ -392,6 +395,31 @@ def save_trained(trainer, tokenizer, folder: Path, lora: bool = False, adapter: 
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return model
+
+
+def add_trained_rows(adapter: Path, peft_model) -> None:
+    """Write the input-embedding rows that trained beside the LoRA adapter (`freeze_embeddings_except`) into the
+    saved adapter as peft's trainable tokens (`trainable_token_indices`), so that
+    `PeftModel.from_pretrained(base, adapter)` is the trained model, as the merged checkpoint is. (They train
+    outside peft because peft's own trainable tokens break TRL's fused LM head.) Where SFT added tokens, the base
+    must first be resized to the tokenizer's length, as for the merged model."""
+    from safetensors.torch import load_file, save_file
+
+    embedding = peft_model.get_input_embeddings()
+    rows = getattr(embedding.weight, "trained_indices", None)
+    if not rows:
+        return
+    base = peft_model.get_base_model()
+    name = next(n for n, m in base.named_modules() if m is embedding)
+    weights = adapter / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    dtype = next(iter(tensors.values())).dtype
+    tensors[f"base_model.model.{name}.token_adapter.trainable_tokens_delta"] = (
+        embedding.weight.detach()[rows].to("cpu", dtype).contiguous())  # peft's "delta" holds the rows themselves
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["trainable_token_indices"] = {name.rsplit(".", 1)[-1]: rows}
+    (adapter / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def merge_into_full_precision(peft_model, base: Path):
