@@ -212,7 +212,8 @@ def build_trainer(config: SFTConfig, tokenizer, model, train_rows: list[dict], e
         # Full SFT otherwise rewrites the embeddings of the names it trains on (tied to the output layer), and
         # the path from a name to the facts pretraining stored is lost for everyone else. The chat tokens' rows
         # train, beside the adapters too (peft's own trainable_token_indices breaks TRL's fused LM head, which
-        # reads the tied head's weight and bias directly); they end up in the merged model, not in adapter/.
+        # reads the tied head's weight and bias directly); they end up in the merged model, and in adapter/ as
+        # peft's trainable tokens (training.add_trained_rows).
         # Done after peft has wrapped the model and before train() builds the optimizer.
         rows = rows_to_train(tokenizer, model) if embedding_rows is None else embedding_rows
         keep_rows = training.freeze_embeddings_except(trainer.model.get_input_embeddings(), rows)
