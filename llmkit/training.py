@@ -20,9 +20,15 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from pathlib import Path
 
 from llmkit import runs
+
+# TRL 1.16 (unwrap_model_for_generation) and peft 0.21 (get_peft_model) read transformers 5's deprecated
+# `is_gradient_checkpointing`, which warns at every generation step: dozens of lines in a notebook that nobody
+# reading it can act on. This one message alone is silenced.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # The Trainer's log names -> llmkit's (what log.jsonl, the curves and the live monitor read)
 LOG_NAMES = (("loss", "loss"), ("eval_loss", "val_loss"), ("learning_rate", "lr"), ("grad_norm", "grad_norm"),
