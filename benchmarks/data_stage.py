@@ -247,10 +247,11 @@ def matmul_peak() -> str:
     return f"fp32 matmul peak {measure_matmul_flops(torch.device('cpu'), torch.float32) / 1e9:.0f} GFLOP/s"
 
 
-def commit() -> str:
+def commit(folder: Path | None = None) -> str:
+    """The short commit of the git checkout at `folder` (default: this repository's)."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+                              cwd=folder or Path(__file__).parent, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -140,21 +140,13 @@ def main() -> None:
     (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
     n, m = results["nanogpt"], results["llmkit"]
-    print("\n" + provenance(f"Commit {commit()}, {matmul_peak()}; nanoGPT {nanogpt_commit(checkout)}."))
+    print("\n" + provenance(f"Commit {commit()}, {matmul_peak()}; nanoGPT {commit(checkout)}."))
     print(f"Validation: the last 10 % of tiny shakespeare, {len(val_text.encode()):,} bytes.\n")
     print("| run | command | wall time (s) | validation bits per byte |\n|---|---|---:|---:|")
     for name, r in (("nanoGPT", n), ("llmkit", m)):
         print(f"| {name} | `{r['command']}` | {r['seconds']:.0f} | {r['bpb']:.3f} |")
     print(f"\nllmkit / nanoGPT wall time: {m['seconds'] / n['seconds']:.2f}; bits per byte "
           f"{m['bpb'] - n['bpb']:+.3f}. Target: nanoGPT's bits per byte or lower in at most 0.5x its time.")
-
-
-def nanogpt_commit(checkout: Path) -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "(not a git checkout)"
 
 
 if __name__ == "__main__":
