@@ -7,7 +7,7 @@ folder and reports:
 - pretraining wall time and base fact completion (bar: >= 0.8 within 4 minutes on 2 CPU cores);
 - held-out / trained QA accuracy after full SFT and the base model's on the same questions
   (bar: held-out >= 0.6 while the base model's <= 0.1);
-- LoRA (r=8): trainable fraction (bar: <= 5 %) and held-out accuracy relative to full SFT (bar: >= 90 %);
+- LoRA (the tiny preset's rank, 4): trainable fraction (bar: <= 5 %) and held-out accuracy relative to full SFT (bar: >= 90 %);
 - reward model: pairwise accuracy on the eval split (bar: >= 0.9), on held-out people, agreement with the oracle;
 - PPO: oracle win-rate against SFT (bar: its 95 % interval over prompts above 0.5), oracle score at least 0.05
   above SFT's, at the KL it reports, QA at most 5 points below SFT's; GRPO, RLOO, DPO and KTO in the same table, on
@@ -62,12 +62,12 @@ def main() -> None:
         ("SFT (full): answers ending with EOS", f"{full['format_ok_heldout']:.2f}", ""),
         ("SFT (full): P(EOS) where those answers end", f"{full['eos_probability_heldout']:.2f}", ""),
         ("SFT (full): wall time (s)", f"{full['train_seconds']:.0f}", ""),
-        ("LoRA r=8: trainable fraction", f"{lora['trainable_fraction']:.2%}", "<= 5%"),
-        ("LoRA r=8: held-out QA", f"{lora['qa_heldout']:.2f}", ""),
+        ("LoRA: trainable fraction", f"{lora['trainable_fraction']:.2%}", "<= 5%"),
+        ("LoRA: held-out QA", f"{lora['qa_heldout']:.2f}", ""),
         ("LoRA / full held-out QA", f"{lora['qa_heldout'] / max(full['qa_heldout'], 1e-9):.2f}", ">= 0.90"),
-        ("LoRA r=8: trained-entity QA", f"{lora['qa_trained']:.2f}", ""),
-        ("LoRA r=8: P(EOS) where its answers end", f"{lora['eos_probability_heldout']:.2f}", ""),
-        ("LoRA r=8: wall time (s)", f"{lora['train_seconds']:.0f}", ""),
+        ("LoRA: trained-entity QA", f"{lora['qa_trained']:.2f}", ""),
+        ("LoRA: P(EOS) where its answers end", f"{lora['eos_probability_heldout']:.2f}", ""),
+        ("LoRA: wall time (s)", f"{lora['train_seconds']:.0f}", ""),
         ("RM: pairwise accuracy, eval split (new questions, SFT people)", f"{rm['eval_accuracy']:.2f}", ">= 0.9"),
         ("RM: pairwise accuracy, held-out people", f"{heldout:.2f}", ""),
         ("RM: agrees with the oracle on fresh SFT answer pairs", f"{rm['oracle_agreement']:.2f} of {rm['oracle_decided_pairs']}", ""),

@@ -68,6 +68,7 @@ def table(results: dict[str, dict]) -> str:
     lines.append(f"| **whole `llmkit pipeline`** | **{base['seconds']:.0f}** | **{new['seconds']:.0f}** | "
                  f"**{new['seconds'] / base['seconds']:.2f}** |")
     lines += ["", "| stage | measurement | bar | baseline | verdict | defaults | verdict |", "|---|---|---|---:|---|---:|---|"]
+    verdicts = []
     for s in REGISTRY:
         for folder, rows in s.measurements.items():
             if folder not in DEFAULT_STAGES:
@@ -82,6 +83,11 @@ def table(results: dict[str, dict]) -> str:
                 if not any(cells):  # measured by neither run (the verifier's rows, on the preference task)
                     continue
                 lines.append(f"| {folder} | {row.label} | {row.bar()} | " + " | ".join(cells) + " |")
+                verdicts.append(cells[3])
+    ratio = new["seconds"] / base["seconds"]
+    met = ratio <= 0.6 and all(v == "met" for v in verdicts)
+    lines += ["", f"Target (the defaults in at most 0.6x the baseline's time, every bar met): ratio {ratio:.2f}, "
+                  f"{sum(v == 'met' for v in verdicts)} of {len(verdicts)} bars met: {'met' if met else 'not met'}."]
     return "\n".join(lines)
 
 

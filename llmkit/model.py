@@ -6,8 +6,8 @@ checkpoint llmkit writes is an ordinary `save_pretrained` folder that `AutoModel
 The dial (after nanochat): width = 64 · depth, one attention head per 64 dimensions, a SwiGLU hidden size
 of 8/3 · width (rounded to a multiple of 64, so the MLP has the parameters of a 4× GELU MLP), and a peak
 learning rate that shrinks with width (∝ 1/√width, anchored at 3e-3 for width 256 — small models tolerate
-large steps). Depth 4 is the CPU `tiny` preset (~3.6 M parameters with a 2k vocabulary); depth 12 with
-GPT-2's 50k vocabulary is GPT-2-small-sized (~124 M).
+large steps). Depth 3 is the CPU `tiny` preset (~1.75 M parameters with the bundled 2k vocabulary); depth 12
+with GPT-2's 50k vocabulary is GPT-2-small-sized (~124 M).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ class ModelPreset:
 
 
 PRESETS: dict[str, ModelPreset] = {
-    # CPU, the embedded default: batches of 8, weight decay 1.0 on the matrices, depth 4, AdamW. Why each, with
+    # CPU, the embedded default: batches of 8, weight decay 1.0 on the matrices, depth 3, AdamW. Why each, with
     # the runs that decided it: docs/decisions.md.
-    "tiny": ModelPreset(depth=4, seq_len=128, batch_size=8, weight_decay=1.0),
+    "tiny": ModelPreset(depth=3, seq_len=128, batch_size=8, weight_decay=1.0),
     "small": ModelPreset(depth=8, seq_len=512, batch_size=64),  # one consumer GPU, ~30 M
     # GPT-2-small-sized, ~124 M with a 50k vocab. Micro-batches of 32: 23 GiB, 0.97x the speed of 64 (45 GiB) on
     # an H200 compiled in bf16 (benchmarks/gpu_throughput.py); the whole batch of 256 in one pass fits no GPU.

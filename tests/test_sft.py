@@ -63,6 +63,22 @@ def test_full_sft_run_writes_a_chat_checkpoint_and_its_measurements(base_model, 
     assert sft.run(sft.SFTConfig(base_model=str(base_model), **FAST), tmp_path, progress=False).reused
 
 
+def test_the_tiny_presets_lora_rank_leaves_room_for_the_embedding_rows_under_5_percent():
+    from llmkit.model import PRESETS, build_model, parameter_count
+
+    config, depth = sft.config_for("tiny", lora=True), PRESETS["tiny"].depth
+    tokenizer = type("Vocab", (), {"__len__": lambda self: 2048, "bos_token_id": 0, "eos_token_id": 1,
+                                   "pad_token_id": 2})()  # the bundled tokenizer's size
+    model = build_model(depth, tokenizer)
+    total = sum(p.numel() for p in model.parameters())
+    assert total == parameter_count(depth, 2048)
+    linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
+    adapter = sum(config.lora_r * (x.in_features + x.out_features) for x in linears)
+    rows = 120 * model.config.hidden_size  # the chat and unseen tokens' rows SFT trains on the bundled data
+    assert (adapter + rows) / total < 0.05
+    assert (2 * config.lora_r * sum(x.in_features + x.out_features for x in linears) + rows) / total > 0.05  # rank x2 would not fit
+
+
 def test_lora_trains_a_few_percent_and_merges_to_the_same_logits(base_model, tmp_path):
     from peft import PeftModel
 
