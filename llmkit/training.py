@@ -315,7 +315,7 @@ def freeze_embeddings_except(embedding, token_ids: list[int]):
     weight.requires_grad_(True)
     weight.trained_rows = len(token_ids)
     weight.trained_indices = sorted(token_ids)  # for the saved adapter (`add_trained_rows`)
-    index = torch.tensor(sorted(token_ids), device=weight.device)
+    index = torch.tensor(weight.trained_indices, device=weight.device)
     rows = weight.row_parameter = torch.nn.Parameter(weight.detach()[index].clone())
     mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
     mask[index] = 1.0

@@ -73,10 +73,10 @@ def test_the_tiny_presets_lora_rank_leaves_room_for_the_embedding_rows_under_5_p
     total = sum(p.numel() for p in model.parameters())
     assert total == parameter_count(depth, 2048)
     linears = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
-    adapter = sum(config.lora_r * (x.in_features + x.out_features) for x in linears)
+    adapter = config.lora_r * sum(x.in_features + x.out_features for x in linears)  # r·(in+out) each
     rows = 120 * model.config.hidden_size  # the chat and unseen tokens' rows SFT trains on the bundled data
     assert (adapter + rows) / total < 0.05
-    assert (2 * config.lora_r * sum(x.in_features + x.out_features for x in linears) + rows) / total > 0.05  # rank x2 would not fit
+    assert (2 * adapter + rows) / total > 0.05  # twice the rank would not fit
 
 
 def test_lora_trains_a_few_percent_and_merges_to_the_same_logits(base_model, tmp_path):
