@@ -736,6 +736,7 @@ def sample_prompts(rng: random.Random, world: W.World, people: list[str], fake: 
     return out
 
 
+TASKS_TRAIN = 6400  # RL questions: one pass of benchmarks/rlvr.py (400 steps of 16 questions)
 TASK_DEMOS = 100  # SFT demonstrations per verifiable task (30 taught the form but not to use the question's names)
 
 
@@ -815,6 +816,16 @@ def generate(out: Path, seed: int = 0, n_people: int = 200, n_towns: int = 40, n
         if r["prompt"][0]["content"] not in asked and len(files["tasks_eval.jsonl"]) < 400:
             asked.add(r["prompt"][0]["content"])
             files["tasks_eval.jsonl"].append({k: r[k] for k in ("prompt", "answer", "task")})
+    # More questions to train on, drawn after the tests so that they keep their questions: RL on 400 questions
+    # for 8 passes learned them and little else (docs/decisions.md, "Verifiable tasks: enough questions").
+    grew = True
+    while grew and len(files["tasks_train.jsonl"]) < TASKS_TRAIN:  # a small world may run out of new questions
+        before = len(files["tasks_train.jsonl"])
+        for r in make_tasks(trng, world, world.sft_people, 400):
+            if r["prompt"][0]["content"] not in asked and len(files["tasks_train.jsonl"]) < TASKS_TRAIN:
+                asked.add(r["prompt"][0]["content"])
+                files["tasks_train.jsonl"].append({k: r[k] for k in ("prompt", "answer", "task")})
+        grew = len(files["tasks_train.jsonl"]) > before
     for name, rows in files.items():
         with open(out / name, "w", encoding="utf-8") as f:
             for r in rows:
