@@ -23,8 +23,7 @@ from data_stage import commit, matmul_peak, provenance
 
 from llmkit import runs
 from llmkit import world as W
-from llmkit.pipeline import STAGES, run_pipeline
-from llmkit.report import summary
+from llmkit.pipeline import run_pipeline, stage_summary, write_report
 from llmkit.rl import trl_methods
 
 STAGE = "rlvr_grpo"
@@ -80,7 +79,8 @@ def main() -> None:
                             f"{'reused' if result.reused else f'{took:.0f} s'}."))
     print("GRPO settings: " + ", ".join(f"{k}={v}" for k, v in SETTINGS.items() if k != "stage_name") + "\n")
     print(table(result.metrics))
-    print("\nThe stage's report line, with its bars: " + summary(STAGES["grpo"].measurements["grpo"], result.metrics))
+    print("\nThe stage's measurements with their bars (also in RUN_DIR/report.md):\n" + stage_summary("grpo", result))
+    print(f"report: {write_report(args.run_dir)}")
     print("\n" + by_kind(args.run_dir / STAGE / "task_samples.jsonl"))
 
 

@@ -19,7 +19,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from llmkit import data, pretrain, report, reward, runs, sft
@@ -173,7 +173,7 @@ def run_pipeline(run_dir: str | Path = "runs/demo", preset: str = "tiny", stages
 def stage_summary(name: str, result: StageResult) -> str:
     """What a finished stage prints: its report (the data stage writes one), its measurements on one line, and
     its warnings."""
-    rows = stage(name).measurements.get(result.stage, ())
+    rows = stage(name).measurements.get(result.stage) or folder_rows(result.output_dir)
     text = "  " + report.summary(rows, result.metrics)
     text += "".join(f"\n  warning: {w}" for w in result.metrics.get("warnings", []))
     own = Path(result.output_dir) / "report.md"
@@ -186,10 +186,30 @@ def write_report(run_dir: str | Path, timings: dict[str, float | None] | None = 
     from llmkit.loaders import read_jsonl
 
     sections = [(folder, rows) for s in REGISTRY for folder, rows in s.measurements.items()]
+    known = {folder for folder, _ in sections}
+    renamed = sorted(p for p in Path(run_dir).iterdir() if p.is_dir() and p.name not in known and runs.finished(p))
+    sections += [(p.name, rows) for p in renamed if (rows := folder_rows(p))]
     pretrained = runs.stage_dir(run_dir, "pretrain")
     peak = runs.read_metrics(pretrained).get("peak_flops") if runs.finished(pretrained) else None
     answers = Path(run_dir) / SIDE_BY_SIDE
     return report.write_report(run_dir, sections, timings, peak, read_jsonl(answers) if answers.exists() else [])
+
+
+def folder_rows(folder: str | Path) -> tuple[Row, ...]:
+    """The report rows of a finished stage folder, found from its stage_config.json: a stage run under another
+    name (`--stage-name`, as `benchmarks/rlvr.py` runs GRPO) is measured as its stage is under its own name."""
+    saved = runs.read_stage_config(folder) or {}
+    for s in REGISTRY:
+        names = {f.name for f in fields(s.config_class) if f.init}
+        if not saved or set(saved) != names:
+            continue
+        try:
+            config = s.config_class(**{**saved, "stage_name": None})
+        except (TypeError, ValueError, StageError):  # the same fields, but not this stage's values
+            continue
+        if config.output_name in s.measurements:
+            return s.measurements[config.output_name]
+    return ()
 
 
 SIDE_BY_SIDE = "side_by_side.jsonl"

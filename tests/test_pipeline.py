@@ -88,3 +88,26 @@ def test_one_list_of_stages_for_every_reader():
     for s in pipeline.REGISTRY:  # the chat app, the report and the launcher find a stage by its folder
         config = s.config_for("smoke")
         assert config.output_name in s.folders and set(s.measurements) == set(s.folders)
+
+
+def test_a_stage_run_under_another_name_is_in_the_report_with_its_bars(tmp_path):
+    """`--stage-name` (benchmarks/rlvr.py's rlvr_grpo, notebook 06's ppo_weak_kl) must not drop a stage's
+    measurements from its summary line or from RUN_DIR/report.md; the folder's stage_config.json says which stage."""
+    from llmkit import runs
+    from llmkit.rl import ppo, trl_methods
+
+    metrics = {"task_accuracy": 0.30, "task_accuracy_sft": 0.25, "task_gain_ci_low": 0.01, "qa_heldout": 0.8,
+               "sft_qa_heldout": 0.8, "task_new_accuracy": 0.2, "task_new_accuracy_sft": 0.25, "task_new_gain_ci_low": -0.1}
+    for name, config in (("grpo", trl_methods.config_for("grpo", "smoke", reward="verifier", stage_name="my_rlvr")),
+                         ("ppo", ppo.config_for("smoke", stage_name="ppo_weak_kl"))):
+        with runs.Stage(tmp_path, config.output_name) as out:
+            result = out.commit(config, metrics)
+        line = pipeline.stage_summary(name, result)
+        assert "gain over SFT, 95 % interval's lower end 0.010 [> 0: met]" in line
+        assert "gain over SFT, 95 % interval's lower end -0.100 [> 0: not met]" in line
+    (tmp_path / "notes").mkdir()  # a folder no stage wrote is no section
+    text = pipeline.write_report(tmp_path).read_text()
+    for folder in ("my_rlvr", "ppo_weak_kl"):
+        section = text.split(f"| {folder} |")[1].split("\n| ")[0:9]
+        assert any("held-out tasks answered exactly (SFT's) | 0.300 (0.250)" in r for r in section), folder
+    assert "**not met**" in text and "notes" not in text
