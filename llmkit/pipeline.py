@@ -187,7 +187,8 @@ def write_report(run_dir: str | Path, timings: dict[str, float | None] | None = 
 
     sections = [(folder, rows) for s in REGISTRY for folder, rows in s.measurements.items()]
     known = {folder for folder, _ in sections}
-    renamed = sorted(p for p in Path(run_dir).iterdir() if p.is_dir() and p.name not in known and runs.finished(p))
+    renamed = sorted(p for p in Path(run_dir).iterdir()  # not work folders (.sft.partial) nor replaced ones
+                     if p.is_dir() and not p.name.startswith(".") and p.name not in known and runs.finished(p))
     sections += [(p.name, rows) for p in renamed if (rows := folder_rows(p))]
     pretrained = runs.stage_dir(run_dir, "pretrain")
     peak = runs.read_metrics(pretrained).get("peak_flops") if runs.finished(pretrained) else None

@@ -3,6 +3,7 @@ and the chat app all read, and every stage's presets."""
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 
@@ -105,9 +106,10 @@ def test_a_stage_run_under_another_name_is_in_the_report_with_its_bars(tmp_path)
         line = pipeline.stage_summary(name, result)
         assert "gain over SFT, 95 % interval's lower end 0.010 [> 0: met]" in line
         assert "gain over SFT, 95 % interval's lower end -0.100 [> 0: not met]" in line
-    (tmp_path / "notes").mkdir()  # a folder no stage wrote is no section
+    (tmp_path / "notes").mkdir()  # a folder no stage wrote is no section, nor a work folder a crash left finished
+    shutil.copytree(tmp_path / "my_rlvr", tmp_path / ".grpo.partial")
     text = pipeline.write_report(tmp_path).read_text()
     for folder in ("my_rlvr", "ppo_weak_kl"):
         section = text.split(f"| {folder} |")[1].split("\n| ")[0:9]
         assert any("held-out tasks answered exactly (SFT's) | 0.300 (0.250)" in r for r in section), folder
-    assert "**not met**" in text and "notes" not in text
+    assert "**not met**" in text and "notes" not in text and "partial" not in text
