@@ -14,7 +14,6 @@ steps of 32 answers, where no verifier row's interval cleared zero): 400 steps o
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,7 +21,8 @@ from pathlib import Path
 from data_stage import commit, matmul_peak, provenance
 
 from llmkit import runs
-from llmkit import world as W
+from llmkit.loaders import read_jsonl
+from llmkit.oracle import Oracle
 from llmkit.pipeline import run_pipeline, stage_summary, write_report
 from llmkit.rl import trl_methods
 
@@ -47,11 +47,10 @@ def table(m: dict) -> str:
 
 def by_kind(samples: Path) -> str:
     """Exact answers per kind of task and test set, from the stage's task_samples.jsonl: where the gain is."""
-    patterns = W.task_patterns()
+    oracle = Oracle()
     count = defaultdict(lambda: [0, 0, 0])
-    for line in samples.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        kind = next((task for rx, task in patterns if rx.match(row["prompt"])), "other")
+    for row in read_jsonl(samples):
+        kind = (oracle.task(row["prompt"]) or ("other",))[0]
         c = count[(kind, row["split"])]
         c[0], c[1], c[2] = c[0] + 1, c[1] + row["sft_correct"], c[2] + row["policy_correct"]
     lines = ["| task | test set | questions | SFT exact | GRPO exact |", "|---|---|---:|---:|---:|"]

@@ -817,7 +817,7 @@ def generate(out: Path, seed: int = 0, n_people: int = 200, n_towns: int = 40, n
             asked.add(r["prompt"][0]["content"])
             files["tasks_eval.jsonl"].append({k: r[k] for k in ("prompt", "answer", "task")})
     # More questions to train on, drawn after the tests so that they keep their questions: RL on 400 questions
-    # for 8 passes learned them and little else (docs/decisions.md, "Verifiable tasks: enough questions").
+    # for 8 passes learned them and little else (docs/decisions.md, "Verifiable tasks: enough questions, ...").
     grew = True
     while grew and len(files["tasks_train.jsonl"]) < TASKS_TRAIN:  # a small world may run out of new questions
         before = len(files["tasks_train.jsonl"])

@@ -199,10 +199,11 @@ def write_report(run_dir: str | Path, timings: dict[str, float | None] | None = 
 def folder_rows(folder: str | Path) -> tuple[Row, ...]:
     """The report rows of a finished stage folder, found from its stage_config.json: a stage run under another
     name (`--stage-name`, as `benchmarks/rlvr.py` runs GRPO) is measured as its stage is under its own name."""
-    saved = runs.read_stage_config(folder) or {}
+    saved = runs.read_stage_config(folder)
+    if not saved:
+        return ()
     for s in REGISTRY:
-        names = {f.name for f in fields(s.config_class) if f.init}
-        if not saved or set(saved) != names:
+        if set(saved) != {f.name for f in fields(s.config_class) if f.init}:
             continue
         try:
             config = s.config_class(**{**saved, "stage_name": None})
