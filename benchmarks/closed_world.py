@@ -24,8 +24,11 @@ from llmkit import data, pretrain, reward, sft
 from llmkit.evaluate import pairwise_accuracy
 from llmkit.formats import read_preferences
 from llmkit.loaders import bundled_path
+from llmkit.registry import stage
 from llmkit.reward_model import RewardModel
-from llmkit.rl import ppo, trl_methods
+from llmkit.rl import ppo
+
+TRL_METHODS = ("grpo", "rloo", "dpo", "kto")
 
 
 def main() -> None:
@@ -42,8 +45,8 @@ def main() -> None:
                      ("lora", lambda: sft.run(sft.config_for("tiny", lora=True), args.run_dir, args.overwrite, progress=False)),
                      ("reward", lambda: reward.run(reward.config_for("tiny"), args.run_dir, args.overwrite, progress=False)),
                      ("ppo", lambda: ppo.run(ppo.config_for("tiny"), args.run_dir, args.overwrite, progress=False)),
-                     *((m, lambda m=m: trl_methods.run(trl_methods.config_for(m), args.run_dir, args.overwrite, progress=False))
-                       for m in trl_methods.METHODS)):
+                     *((m, lambda m=m: stage(m).run(stage(m).config_for("tiny"), args.run_dir, overwrite=args.overwrite,
+                                                    progress=False)) for m in TRL_METHODS)):
         start = time.perf_counter()
         result = fn()
         timings[name] = (time.perf_counter() - start, result)
@@ -73,7 +76,7 @@ def main() -> None:
         ("RM: agrees with the oracle on fresh SFT answer pairs", f"{rm['oracle_agreement']:.2f} of {rm['oracle_decided_pairs']}", ""),
         ("RM: wall time (s)", f"{rm['train_seconds']:.0f}", ""),
     ]
-    for name in ("ppo", *trl_methods.METHODS):
+    for name in ("ppo", *TRL_METHODS):
         m = timings[name][1].metrics
         rows += [
             (f"{name.upper()}: oracle win-rate vs SFT [95 % interval]", f"{m['oracle_win_rate']:.2f} "

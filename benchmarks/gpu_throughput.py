@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from llmkit import pretrain
-from llmkit.model import PRESETS, build_model, flops_per_token, parameter_counts
+from llmkit.model import MODEL_SIZES, build_model, flops_per_token, parameter_counts
 from llmkit.tokenizer import load_tokenizer
 
 GPT2_VOCAB = 50304  # GPT-2's 50257 rounded up to a multiple of 64, as nanoGPT does
@@ -34,7 +34,7 @@ GPU_BATCH = {"tiny": (256, 256), "small": (64, 64), "gpt2": (256, 32)}  # (seque
 
 
 def make_model(preset: str, tokenizer):
-    return build_model(PRESETS[preset].depth, tokenizer, vocab_size=GPT2_VOCAB if preset == "gpt2" else None)
+    return build_model(MODEL_SIZES[preset].depth, tokenizer, vocab_size=GPT2_VOCAB if preset == "gpt2" else None)
 
 
 def sync(device: torch.device) -> None:
@@ -73,7 +73,7 @@ def plain_loop(model, blocks: torch.Tensor, batch: int, micro: int, steps: int, 
 def measure(preset: str, run_dir: Path, batch: int, micro: int, steps: int, compile: bool, nominal: float,
             measured: float, device: torch.device) -> dict:
     tokenizer = load_tokenizer(run_dir / "data" / "tokenizer")
-    seq = PRESETS[preset].seq_len
+    seq = MODEL_SIZES[preset].seq_len
     from datasets import load_from_disk
 
     stream = torch.tensor(load_from_disk(str(run_dir / "data" / "blocks"))["train"]["input_ids"]).flatten()
@@ -94,9 +94,9 @@ def measure(preset: str, run_dir: Path, batch: int, micro: int, steps: int, comp
         tokenizer.save_pretrained(base)
         stage_dir = Path(tmp) / "run"
         (stage_dir / "data").mkdir(parents=True)
-        cfg = pretrain.PretrainConfig(model_preset=preset, base_model=str(base),
-                                      data=str(run_dir / "data" / "blocks"), batch_size=batch, micro_batch_size=micro,
-                                      max_steps=5 * (steps // 5 + 2), eval_every=5, eval_sequences=8,
+        cfg = pretrain.PretrainConfig(model_size=preset, base_model=str(base),
+                                      train_data=str(run_dir / "data" / "blocks"), batch_size=batch, micro_batch_size=micro,
+                                      max_steps=5 * (steps // 5 + 2), eval_every=5, eval_limit=8,
                                       save_every=100_000, closed_world=False, mixed_precision="bf16", compile=compile)
         ours = pretrain.run(cfg, stage_dir, progress=False).metrics["tokens_per_s"]
         peak_mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")

@@ -86,7 +86,7 @@ def data_stage(corpus: Path, work: Path) -> dict:
 
     datasets.disable_progress_bars()
     start = time.perf_counter()
-    result = data.run(data.DataConfig(corpus=str(corpus), num_proc=2), work / "run", progress=False)
+    result = data.run(data.DataConfig(train_data=str(corpus), num_proc=2), work / "run", progress=False)
     return {"seconds": time.perf_counter() - start, "kept": result.metrics["documents_out"]}
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from data_stage import commit, matmul_peak, provenance
 
 from llmkit import runs
+from llmkit.measures import rows_of
 from llmkit.pipeline import DEFAULT_STAGES, REGISTRY, TIMINGS
 
 # The settings every stage had on 2026-12-05 (issue 30's starting point), as flags: pretraining with AdamW for
@@ -70,10 +71,10 @@ def table(results: dict[str, dict]) -> str:
     lines += ["", "| stage | measurement | bar | baseline | verdict | defaults | verdict |", "|---|---|---|---:|---|---:|---|"]
     verdicts = []
     for s in REGISTRY:
-        for folder, rows in s.measurements.items():
+        for folder in s.folders:
             if folder not in DEFAULT_STAGES:
                 continue
-            for row in rows:
+            for row in rows_of(s.config_for("tiny").measures()):
                 if not row.bar():
                     continue
                 cells = []

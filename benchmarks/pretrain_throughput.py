@@ -66,7 +66,7 @@ def main() -> None:
         plain_before = plain_loop(tokenizer, blocks, args.depth, args.batch, args.steps)
         cfg = pretrain.PretrainConfig(depth=args.depth, batch_size=args.batch, seq_len=args.seq,
                                       max_steps=args.steps + 10, eval_every=10, save_every=10_000,
-                                      eval_sequences=8, closed_world=False, optimizer="adamw")
+                                      eval_limit=8, closed_world=False, optimizer="adamw")
         result = pretrain.run(cfg, run_dir, progress=False)
         plain_after = plain_loop(tokenizer, blocks, args.depth, args.batch, args.steps)
 

@@ -72,7 +72,7 @@ def main() -> None:
 
     def answers(t: float | None) -> list[str]:
         torch.manual_seed(seed)
-        return generate(model, tokenizer, prompts, args.max_new_tokens, t or 1.0, do_sample=t is not None).texts
+        return generate(model, tokenizer, prompts, args.max_new_tokens, t if t is not None else 0.0).texts
 
     baseline = answers(temperature)
     base_scores = [oracle.score(p, a) for p, a in zip(prompts, baseline)]

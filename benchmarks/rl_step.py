@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
+from llmkit import lifecycle, runs
 from llmkit.formats import read_prompts
 from llmkit.generation import generate
-from llmkit.loaders import bundled_path
-from llmkit.rl import ppo, trl_methods
+from llmkit.loaders import Rejects, bundled_path
+from llmkit.rl import grpo, inputs, ppo
 
 
 def time_ppo(run_dir: Path, prompts: list, steps: int, max_new_tokens: int, **overrides) -> dict:
@@ -75,11 +76,14 @@ def time_grpo(run_dir: Path, prompts: list, steps: int, max_new_tokens: int) -> 
                 self.lengths.append(logs["completions/mean_length"])
 
     torch.manual_seed(0)
-    cfg = trl_methods.MethodConfig(method="grpo", max_steps=steps + 1, batch_size=32, num_generations=4,
-                                   max_new_tokens=max_new_tokens, temperature=0.7)
+    cfg = grpo.GRPOConfig(max_steps=steps + 1, batch_size=32, num_generations=4, max_new_tokens=max_new_tokens,
+                          temperature=0.7)
     clock = Clock()
     work = run_dir / ".bench_grpo"
-    trainer, _ = trl_methods.build_trainer(cfg, run_dir / "sft", run_dir / "reward", prompts, None, work)
+    work.mkdir(exist_ok=True)
+    rl = inputs.RLInputs(run_dir / "sft", run_dir / "reward", prompts, [], Rejects())
+    trainer, _, _ = grpo.build_trainer(cfg, rl, lifecycle.Work(work, run_dir, runs.LogWriter(work / "log.jsonl"), False,
+                                                               False, False, Rejects()))
     trainer.add_callback(clock)
     trainer.train()
     return {"seconds": statistics.mean(clock.marks[1:]), "length": statistics.mean(clock.lengths[1:] or clock.lengths)}

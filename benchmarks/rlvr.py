@@ -24,7 +24,7 @@ from llmkit import runs
 from llmkit.loaders import read_jsonl
 from llmkit.oracle import Oracle
 from llmkit.pipeline import run_pipeline, stage_summary, write_report
-from llmkit.rl import trl_methods
+from llmkit.rl import grpo
 
 STAGE = "rlvr_grpo"
 SETTINGS = dict(reward="verifier", loss_type="dr_grpo", max_steps=400, batch_size=128, num_generations=8,
@@ -67,18 +67,18 @@ def main() -> None:
     args = ap.parse_args()
     if not runs.finished(args.run_dir / "sft"):
         run_pipeline(args.run_dir, args.preset, stages=("data", "pretrain", "sft"), progress=False)
-    config = trl_methods.config_for("grpo", args.preset, **SETTINGS)
+    config = grpo.config_for(args.preset, **SETTINGS)
     done = runs.read_stage_config(args.run_dir / STAGE) if runs.finished(args.run_dir / STAGE) else None
     if done is not None and any(done.get(k) != v for k, v in SETTINGS.items()):
         raise SystemExit(f"{args.run_dir / STAGE} was trained with other settings; move it away")
     start = time.perf_counter()
-    result = trl_methods.run(config, args.run_dir, progress=True)
+    result = grpo.run(config, args.run_dir, progress=True)
     took = time.perf_counter() - start
     print("\n" + provenance(f"Commit {commit()}, {matmul_peak()}; preset {args.preset}; "
                             f"{'reused' if result.reused else f'{took:.0f} s'}."))
     print("GRPO settings: " + ", ".join(f"{k}={v}" for k, v in SETTINGS.items() if k != "stage_name") + "\n")
     print(table(result.metrics))
-    print("\nThe stage's measurements with their bars (also in RUN_DIR/report.md):\n" + stage_summary("grpo", result))
+    print("\nThe stage's measurements with their bars (also in RUN_DIR/report.md):\n" + stage_summary(result))
     print(f"report: {write_report(args.run_dir)}")
     print("\n" + by_kind(args.run_dir / STAGE / "task_samples.jsonl"))
 

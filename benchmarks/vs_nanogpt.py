@@ -10,7 +10,7 @@ nanoGPT runs from the user's checkout as its README's CPU recipe says (`train.py
 no float16 training), on the split its `data/shakespeare_char/prepare.py` makes: the first 90 % of `input.txt` to
 train on, the last 10 % to validate. Nothing of nanoGPT is copied here; its prepare.py runs if train.bin is
 missing (it needs `input.txt` there, or the network to fetch it). llmkit pretrains on the same first 90 % as a
-text file (`llmkit pretrain --data`, the tiny preset, its own BPE; it holds out the last 5 % of that for its
+text file (`llmkit pretrain --train-data`, the tiny preset, its own BPE; it holds out the last 5 % of that for its
 early stopping) with the flags in `--llmkit`.
 
 One evaluator scores both on the same 10 %: each model's tokens of the validation text, cut into windows of its
@@ -77,7 +77,7 @@ def score_llmkit(stage_dir: Path, val_text: str) -> float:
     from transformers import AutoTokenizer
 
     from llmkit import runs
-    from llmkit.model import PRESETS, load_causal_lm
+    from llmkit.model import MODEL_SIZES, load_causal_lm
 
     tokenizer = AutoTokenizer.from_pretrained(stage_dir)
     model = load_causal_lm(stage_dir)
@@ -90,7 +90,7 @@ def score_llmkit(stage_dir: Path, val_text: str) -> float:
         return torch.nn.functional.cross_entropy(logits[0], y[0], reduction="sum").item()
 
     config = runs.read_stage_config(stage_dir)
-    context = config.get("seq_len") or PRESETS[config["model_preset"]].seq_len  # what it trained on
+    context = config.get("seq_len") or MODEL_SIZES[config["model_size"]].seq_len  # what it trained on
     return bits_per_byte(nll, ids, context, len(val_text.encode()) - first)
 
 
@@ -136,10 +136,10 @@ def main() -> None:
     run_dir = work / "llmkit"
     flags = shlex.split(args.llmkit)
     seconds = timed([sys.executable, "-m", "llmkit", "pretrain", "--run-dir", str(run_dir), "--overwrite", "--quiet",
-                     "--data", str(work / "train_text" / "input.txt"), "--no-closed-world", *flags], Path.cwd(),
+                     "--train-data", str(work / "train_text" / "input.txt"), "--no-closed-world", *flags], Path.cwd(),
                     work / "llmkit.log")
     results["llmkit"] = {"seconds": seconds, "bpb": score_llmkit(run_dir / "pretrain", val_text),
-                         "command": "llmkit pretrain --data TRAIN_90% " + " ".join(flags)}
+                         "command": "llmkit pretrain --train-data TRAIN_90% " + " ".join(flags)}
     (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
     n, m = results["nanogpt"], results["llmkit"]

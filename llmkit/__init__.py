@@ -1,10 +1,14 @@
 """llmkit: build a ChatGPT-style assistant stage by stage, and see what each stage does.
 
-One module per stage, each a config dataclass plus `config_for(preset)` and `run(config, run_dir)`;
-`llmkit.pipeline` lists them in order and runs them. Every stage raises `StageError` for input it cannot use.
+Every stage is a config (`llmkit.options.<stage>`) and a module with `config_for(preset)` and
+`run(config, run_dir)`; `llmkit.registry` lists them in order, `llmkit.pipeline` runs them, and
+`llmkit.lifecycle` is the one place a stage's run folder is written. Every stage raises `StageError` for input it
+cannot use.
 """
 
-from llmkit.runs import StageError
+from llmkit.errors import StageError
 
 __all__ = ["StageError"]
+
+
 __version__ = "0.1.0"

@@ -23,7 +23,11 @@ from __future__ import annotations
 
 import re
 
+from trl.chat_template_utils import get_training_chat_template
+
+from llmkit.loaders import reject
 from llmkit.runs import StageError
+from llmkit.tokenizer import CHAT_TEMPLATE, EOS, IM_START
 
 SAMPLE = [{"role": "user", "content": "Where was Ada born?"}, {"role": "assistant", "content": "In Elmford."},
           {"role": "user", "content": "And when?"}, {"role": "assistant", "content": "In 1961."}]
@@ -89,7 +93,6 @@ def training_template(tokenizer) -> str | None:
     where TRL knows the family, else None (the mask is then found turn by turn)."""
     if has_generation_markers(tokenizer.chat_template):
         return tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else tokenizer.chat_template["default"]
-    from trl.chat_template_utils import get_training_chat_template
 
     try:
         return get_training_chat_template(tokenizer)
@@ -198,8 +201,6 @@ def add_chatml(tokenizer, model=None) -> list[str]:
     """Give a base model without a chat template llmkit's ChatML template (`llmkit.tokenizer.CHAT_TEMPLATE`, with
     generation markers) and its special tokens, as TRL's chat-format helpers do; the model's embeddings grow to
     the new vocabulary (new rows: the mean of the old ones). Returns the tokens added."""
-    from llmkit.tokenizer import CHAT_TEMPLATE, EOS, IM_START
-
     vocab = tokenizer.get_vocab()
     new = [t for t in (IM_START, EOS) if t not in vocab]
     if new:
@@ -230,8 +231,6 @@ def tokenize_conversations(tokenizer, rows: list[dict], rejects=None, source: st
     """{"input_ids", "assistant_masks"} of each {"messages": [...]} row, the mask by `masks`' means; system turns
     fold into the first user turn where the template has no system role. A row the template cannot render, or
     with no assistant token, goes to `rejects` (a `llmkit.loaders.Rejects`; None: it stops the stage)."""
-    from llmkit.loaders import reject
-
     fold = not accepts_system(tokenizer)
     template = training_template(tokenizer)
     out = []

@@ -23,17 +23,20 @@ documents datasketch was faster and more precise here — see BENCHMARKS.md.)
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import re
 import unicodedata
 from collections import Counter
 from pathlib import Path
 
+from datasketch import MinHash, MinHashLSH
 from datatrove.data import Document
 from datatrove.pipeline.filters import (
     C4QualityFilter,
     FineWebQualityFilter,
     GopherQualityFilter,
     GopherRepetitionFilter,
+    LanguageFilter,
 )
 from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 from datatrove.pipeline.formatters.base import BaseFormatter
@@ -151,10 +154,9 @@ def language_filter(config):
             "(--language-model '') to skip language identification"
         )
     try:
-        from fasttext.FastText import _FastText
+        from fasttext.FastText import _FastText  # an optional dependency: only with language_model
     except ImportError:
         raise DataError("language_model is set but fasttext is not installed: pip install fasttext-numpy2-wheel") from None
-    from datatrove.pipeline.filters import LanguageFilter
 
     lid = LanguageFilter(languages=config.languages, language_threshold=config.language_threshold)
     lid.model._model = _FastText(str(path))  # a local file instead of datatrove's download
@@ -247,8 +249,6 @@ def _filter_chunk(args) -> tuple[list[dict], list[dict], list[dict]]:
 
 def _filter_in_parallel(docs: list[dict], config, ledger: Ledger, processes: int, progress: bool) -> list[dict]:
     """`filter_documents` on `processes` forked processes over consecutive chunks, merged back in order."""
-    import multiprocessing
-
     size = -(-len(docs) // (processes * 4))  # a few chunks a process, so that one slow chunk does not wait alone
     chunks = [(docs[i:i + size], config) for i in range(0, len(docs), size)]
     kept: list[dict] = []
@@ -347,8 +347,6 @@ def minhash_dedup(docs: list[dict], ledger: Ledger, config, progress: bool = Tru
     MinHash LSH with b bands of r rows proposes a pair of similarity s with probability 1 - (1 - s^r)^b:
     with 20 × 5 that is 0.97 at s = 0.7 and 0.47 at s = 0.5 — generous on purpose, because every
     candidate is then verified with its exact Jaccard similarity, which removes the false positives."""
-    from datasketch import MinHash, MinHashLSH
-
     num_perm = config.minhash_bands * config.minhash_rows
     lsh = MinHashLSH(num_perm=num_perm, params=(config.minhash_bands, config.minhash_rows))
     sets = [shingles(d["text"], config.shingle_size) for d in docs]

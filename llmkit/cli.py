@@ -1,13 +1,17 @@
 """The `llmkit` command: the same stage functions the notebooks call, for people who prefer a shell.
 
-    llmkit pipeline [--run-dir runs/demo] [--preset tiny] [--stages data,pretrain,...] [--overwrite] [--sft.lora] ...
-    llmkit data | pretrain | sft | reward | ppo | grpo | rloo | dpo | kto  --run-dir DIR [--preset P] [stage options]
+    llmkit pipeline [--run-dir runs/demo] [--preset tiny] [--stages data,pretrain,...] [--config recipe.yaml]
+                    [--overwrite] [--print-config] [--sft.lora] ...
+    llmkit data | pretrain | sft | reward | ppo | grpo | rloo | dpo | kto  --run-dir DIR [--preset P]
+                    [--config recipe.yaml] [--print-config] [stage options]
     llmkit chat [--run-dir DIR] [--port N]
     llmkit label [--run-dir DIR] [--items PATH | --from-checkpoint DIR] [--annotator NAME] [--port N]
 
-A stage's options are its config's fields (`llmkit.config.option`: the name, default and help are declared
-once, there): `llmkit sft --learning-rate 3e-4 --lora`, and in the pipeline the same option prefixed by its
-stage, `llmkit pipeline --sft.learning-rate 3e-4 --sft.lora`. `--help` answers without importing torch.
+A stage's options are its config's fields (`llmkit.options`: the name, default and help are declared once, there,
+in groups every stage shares): `llmkit sft --learning-rate 3e-4 --lora`, and in the pipeline the same option
+prefixed by its stage, `llmkit pipeline --sft.learning-rate 3e-4 --sft.lora`. A recipe (`--config`, a YAML file
+of per-stage options: `llmkit.recipes`) sets them too; the flags given override it. `--help` answers without
+importing torch.
 
 Any training stage runs on several processes or GPUs under accelerate, with the same arguments:
 
@@ -24,30 +28,49 @@ import time
 import typing
 from pathlib import Path
 
-from llmkit import pipeline, runs
-from llmkit.loaders import DataError
-from llmkit.runs import StageError
+from llmkit import registry
+from llmkit.errors import DataError, StageError
+from llmkit.options import GROUPS, group_of
+from llmkit.recipes import dump, read_recipe
+from llmkit.registry import StageSpec
 
 RUN_DIR_HELP = "run folder; each stage writes RUN_DIR/<stage>/ and reads the earlier stages' folders there"
+CONFIG_HELP = ("a recipe: a YAML file of per-stage options ({stage: {option: value}}, and optionally preset and "
+               "stages); the options given as flags override it")
+PRINT_HELP = "print the resolved recipe (every option of every stage, as --config reads it) and exit"
 
 
 # ---- options from the configs --------------------------------------------------------------------
-def add_config_options(parser, s: pipeline.Stage, prefix: str = "") -> None:
+def add_config_options(parser, s: StageSpec, prefix: str = "", grouped: bool = False) -> None:
     """One option per field of the stage's config: `--learning-rate`, or `--sft.learning-rate` with a prefix.
-    Only the options given reach the config; the others keep the preset's value."""
-    hints = typing.get_type_hints(s.config_class)
-    for f in dataclasses.fields(s.config_class):
+    Only the options given reach the config; the others keep the preset's (or the recipe's) value. `grouped`:
+    under a heading per option group (`llmkit.options.GROUPS`), the stage's own options first."""
+    cls = s.config_class
+    hints = typing.get_type_hints(cls)
+    headings = {}
+    if grouped:
+        headings[None] = parser.add_argument_group(f"{s.name} options")
+        for label, _ in GROUPS:
+            headings[label] = None  # made on first use, in this order
+    for f in sorted(dataclasses.fields(cls), key=lambda f: group_of(f.name) is not None) if grouped \
+            else dataclasses.fields(cls):
         if not f.metadata.get("cli", True):
             continue
+        target = parser
+        if grouped:
+            label = group_of(f.name)
+            if headings.get(label) is None:
+                headings[label] = parser.add_argument_group(f"{label} options")
+            target = headings[label]
         kind, optional = _unwrap(hints[f.name])
         flag = "--" + prefix + f.name.replace("_", "-")
         kwargs = {"dest": prefix + f.name, "default": argparse.SUPPRESS, "help": _help(f, s),
                   "metavar": f.name.upper()}
-        choices = [c for c in (f.metadata.get("choices") or ()) if c is not None]
+        choices = [c for c in (cls.choices_of(f.name) or ()) if c is not None]
         if kind is bool:  # --lora / --no-lora; in the pipeline --sft.lora / --sft.no-lora
             del kwargs["metavar"]
-            parser.add_argument(flag, action="store_const", const=True, **kwargs)
-            parser.add_argument("--" + prefix + "no-" + f.name.replace("_", "-"), action="store_const", const=False,
+            target.add_argument(flag, action="store_const", const=True, **kwargs)
+            target.add_argument("--" + prefix + "no-" + f.name.replace("_", "-"), action="store_const", const=False,
                                 dest=kwargs["dest"], default=argparse.SUPPRESS, help=f"the opposite of {flag}")
             continue
         if kind in (list, "str-or-list"):
@@ -56,7 +79,7 @@ def add_config_options(parser, s: pipeline.Stage, prefix: str = "") -> None:
             kwargs["type"] = _none_or(kind) if optional else kind
             if choices:
                 kwargs.update(choices=choices, metavar="{" + ",".join(map(str, choices)) + "}")
-        parser.add_argument(flag, **kwargs)
+        target.add_argument(flag, **kwargs)
 
 
 def _unwrap(hint) -> tuple:
@@ -78,9 +101,9 @@ def _none_or(kind):
     return parse
 
 
-def _help(f: dataclasses.Field, s: pipeline.Stage) -> str:
-    """The field's help, its default, and the presets that change it."""
-    text = f.metadata.get("help", "")
+def _help(f: dataclasses.Field, s: StageSpec) -> str:
+    """The field's help as the stage words it, its default, and the presets that change it."""
+    text = s.config_class.help_of(f.name)
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     notes = [] if "(default" in text else [f"default: {default}"]  # a help that explains its default says it
     notes += [f"{name} {settings[f.name]}" for name, settings in s.presets.items() if f.name in settings]
@@ -88,7 +111,7 @@ def _help(f: dataclasses.Field, s: pipeline.Stage) -> str:
     return text.replace("%", "%%")  # argparse formats help with %
 
 
-def config_overrides(args: argparse.Namespace, s: pipeline.Stage, prefix: str = "") -> dict:
+def config_overrides(args: argparse.Namespace, s: StageSpec, prefix: str = "") -> dict:
     """The config fields given on the command line."""
     given, hints = vars(args), typing.get_type_hints(s.config_class)
     out = {}
@@ -106,30 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("pipeline", help="run the stages in order into one run folder",
-                       usage="llmkit pipeline [--run-dir DIR] [--preset P] [--stages S,S,...] [--overwrite] [--quiet] "
-                             "[--STAGE.OPTION VALUE ...]",
+                       usage="llmkit pipeline [--run-dir DIR] [--preset P] [--stages S,S,...] [--config RECIPE] "
+                             "[--overwrite] [--print-config] [--quiet] [--STAGE.OPTION VALUE ...]",
                        description="Run the pipeline's stages in order; a finished stage is reused unless "
                                    "--overwrite. Each stage's options are given with its name in front: "
-                                   "--sft.learning-rate 3e-4.")
+                                   "--sft.learning-rate 3e-4, or in a recipe (--config).")
     p.add_argument("--run-dir", default="runs/demo", help=RUN_DIR_HELP + " (default: runs/demo)")
-    p.add_argument("--preset", default="tiny", choices=pipeline.PRESETS, help="settings of every stage (default: tiny)")
-    p.add_argument("--stages", default=",".join(pipeline.DEFAULT_STAGES),
-                   help=f"comma-separated stages to run, from: {', '.join(pipeline.STAGES)} "
-                        f"(default: {','.join(pipeline.DEFAULT_STAGES)})")
-    p.add_argument("--overwrite", action="store_true", help="replace finished stages instead of reusing them")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    for s in pipeline.REGISTRY:
+    p.add_argument("--preset", choices=registry.PRESET_NAMES,
+                   help="settings of every stage (default: the recipe's, else tiny)")
+    p.add_argument("--stages", help=f"comma-separated stages to run, from: {', '.join(registry.STAGES)} "
+                                    f"(default: the recipe's, else {','.join(registry.DEFAULT_STAGES)})")
+    _add_run_options(p, "replace finished stages instead of reusing them")
+    for s in registry.REGISTRY:
         add_config_options(p.add_argument_group(f"{s.name} stage (--{s.name}.OPTION)"), s, prefix=f"{s.name}.")
 
-    for s in pipeline.REGISTRY:
-        doc = s.description or (sys.modules[s.config_class.__module__].__doc__ or "").split("\n\n")[0]
-        p = sub.add_parser(s.name, help=s.help, description=doc,
-                           usage=f"llmkit {s.name} --run-dir DIR [--preset P] [--overwrite] [--quiet] [--OPTION VALUE ...]")
+    for s in registry.REGISTRY:
+        p = sub.add_parser(s.name, help=s.help[:1].lower() + s.help[1:], description=s.config_class.__doc__,
+                           usage=f"llmkit {s.name} --run-dir DIR [--preset P] [--config RECIPE] [--overwrite] "
+                                 "[--print-config] [--quiet] [--OPTION VALUE ...]")
         p.add_argument("--run-dir", required=True, help=RUN_DIR_HELP)
-        p.add_argument("--preset", default="tiny", choices=list(s.presets), help="settings (default: tiny)")
-        p.add_argument("--overwrite", action="store_true", help=f"replace a finished {s.name} stage")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-        add_config_options(p.add_argument_group(f"{s.name} options"), s)
+        p.add_argument("--preset", choices=list(s.presets), help="settings (default: the recipe's, else tiny)")
+        _add_run_options(p, f"replace a finished {s.name} stage")
+        add_config_options(p, s, grouped=True)
 
     p = sub.add_parser("chat", help="chat with the run's checkpoints side by side in the browser",
                        description="Serve the chat comparison app: up to four of the run's checkpoints answer each "
@@ -166,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _add_run_options(p: argparse.ArgumentParser, overwrite: str) -> None:
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.add_argument("--overwrite", action="store_true", help=overwrite)
+    p.add_argument("--print-config", action="store_true", help=PRINT_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, help="port (default: Gradio's, 7860 or the next free one)")
@@ -198,7 +226,7 @@ def _auth(args: argparse.Namespace):
 
 def label_items(args: argparse.Namespace):
     """The items `llmkit label` shows; sampled items are written once, so every reopen shows the same ones."""
-    from llmkit.formats import read_prompts
+    from llmkit.formats import read_prompts  # the apps' modules import torch: not on --help's path
     from llmkit.labels import load_items, sample_items, write_items
     from llmkit.loaders import bundled_path
 
@@ -220,6 +248,7 @@ def label_items(args: argparse.Namespace):
 
 
 def serve_chat(args: argparse.Namespace) -> int:
+    # the apps import torch and gradio: not on --help's path
     from widgets.chat import ChatCompare, launch
 
     auth = _auth(args)
@@ -230,6 +259,7 @@ def serve_chat(args: argparse.Namespace) -> int:
 
 
 def serve_labels(args: argparse.Namespace) -> int:
+    # the apps import torch and gradio: not on --help's path
     from widgets.annotate import AnnotationApp, launch
 
     auth = _auth(args)
@@ -243,7 +273,7 @@ def serve_labels(args: argparse.Namespace) -> int:
 
 # ---- main ----------------------------------------------------------------------------------------
 def export_model(args: argparse.Namespace) -> int:
-    from llmkit.export import export
+    from llmkit.export import export  # torch and gguf: not on --help's path
 
     run_dir = Path(args.run_dir)
     model = Path(args.model) if args.model else run_dir / args.stage
@@ -259,11 +289,25 @@ def export_model(args: argparse.Namespace) -> int:
 def _quiet_libraries() -> None:
     """--quiet: no progress bars from the libraries either (transformers' weight loading and saving, the
     datasets maps inside TRL's trainers)."""
-    from datasets.utils import logging as datasets_logging
+    from datasets.utils import logging as datasets_logging  # heavy: not on --help's path
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
     datasets_logging.disable_progress_bar()
+
+
+def resolve(args: argparse.Namespace) -> tuple[str, dict]:
+    """(the preset, {stage: config}) that the command line asks for: presets, then the recipe, then the flags."""
+    recipe = read_recipe(args.config) if args.config else {}
+    if args.command == "pipeline":
+        names = ([n.strip() for n in args.stages.split(",") if n.strip()] if args.stages
+                 else list(recipe.get("stages") or registry.DEFAULT_STAGES))
+        for name in names:
+            registry.stage(name)
+        flags = {s.name: config_overrides(args, s, f"{s.name}.") for s in registry.REGISTRY}
+    else:
+        names, flags = [args.command], {args.command: config_overrides(args, registry.stage(args.command))}
+    return registry.resolve(names, args.preset, recipe, flags, where=args.config or "the recipe")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,27 +319,26 @@ def main(argv: list[str] | None = None) -> int:
             return serve_labels(args)
         if args.command == "export":
             return export_model(args)
+        preset, configs = resolve(args)
+        if args.print_config:
+            print(dump(registry.as_recipe(preset, configs, with_stages=args.command == "pipeline")), end="")
+            return 0
         if args.quiet:
             _quiet_libraries()
+        from llmkit import pipeline, runs  # the stages and torch: only once a stage runs
+
         if args.command == "pipeline":
-            stages = [name.strip() for name in args.stages.split(",") if name.strip()]
-            for name in stages:
-                pipeline.stage(name)
-            overrides = {s.name: config_overrides(args, s, f"{s.name}.") for s in pipeline.REGISTRY}
-            pipeline.run_pipeline(args.run_dir, args.preset, stages, {k: v for k, v in overrides.items() if v},
-                                  args.overwrite, progress=not args.quiet)
+            pipeline.run_configs(args.run_dir, configs, args.overwrite, progress=not args.quiet)
             return 0
-        s = pipeline.stage(args.command)
-        config = s.config_for(args.preset, **config_overrides(args, s))
         start = time.perf_counter()
-        result = pipeline.run_stage(s.name, config, args.run_dir, args.overwrite,
+        result = pipeline.run_stage(args.command, configs[args.command], args.run_dir, args.overwrite,
                                     progress=not args.quiet and runs.is_main_process())
         if runs.is_main_process():  # under `accelerate launch` the main process reports
             took = time.perf_counter() - start
             status = "reused (finished earlier; --overwrite to redo)" if result.reused else f"done in {took:.1f} s"
-            print(f"[{s.name}] {status} -> {result.output_dir}")
+            print(f"[{args.command}] {status} -> {result.output_dir}")
             if not result.reused:
-                print(pipeline.stage_summary(s.name, result))
+                print(pipeline.stage_summary(result))
         return 0
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+
 from llmkit.loaders import read_jsonl
 
 
 def plot_training_log(log: str | Path | list[dict], fig=None):
     """Loss (train and validation), validation bits per byte, and tokens/s with MFU, by step — or, for an RL
     log, reward, KL and response length."""
-    import matplotlib.pyplot as plt
-
     rows = log if isinstance(log, list) else read_jsonl(log)
     if any("kl" in r and "reward" in r for r in rows):
         return plot_rl_log(rows, fig)
@@ -66,8 +66,6 @@ def plot_rl_log(rows: list[dict], fig=None):
     """RL curves by step: the reward (and the oracle's score of the same answers, on the closed world: a gap that
     widens is reward hacking), the KL to the reference, response length with the fraction of responses that ended
     with EOS, and the health checks' signals (`llmkit.rl.health`)."""
-    import matplotlib.pyplot as plt
-
     rows = [r for r in rows if "reward" in r]
     if fig is None:
         fig = plt.figure(figsize=(13, 3.6))
@@ -104,8 +102,6 @@ def plot_rl_log(rows: list[dict], fig=None):
 
 def save_curves(folder: str | Path) -> None:
     """Draw FOLDER/log.jsonl into FOLDER/curves.png (what every training stage leaves in its folder)."""
-    import matplotlib.pyplot as plt
-
     folder = Path(folder)
     fig = plot_training_log(folder / "log.jsonl")
     fig.savefig(folder / "curves.png", dpi=100)

@@ -15,141 +15,85 @@ from collections import Counter, defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
-from llmkit import runs
-from llmkit.config import MAX_BAD_ROWS_HELP, StageConfig, configure, option
-from llmkit.loaders import DataError, Rejects, bundled_path, load_documents, read_jsonl, write_jsonl
+import datasets
+from datasets import Dataset, DatasetDict
+from datasets.utils import are_progress_bars_disabled
 
-PROFILES = {  # the rules for what kind of text (llmkit.cleaning.rule_on)
-    "web": "web pages: FineWeb's rules as they are",
-    "prose": "books and articles: hard-wrapped lines unwrapped first, and the rules without their web-only parts "
-             "(lines that end without punctuation, short lines, curly brackets, javascript and policy lines, the "
-             "long-document limit; words without letters allowed up to 40 %)",
-    "none": "normalise, deduplicate and redact personal data; no quality filter",
-}
+from llmkit import lifecycle
+from llmkit.cleaning import Ledger, clean_corpus, rule_order
+from llmkit.loaders import (
+    DataError,
+    ReadStats,
+    Rejects,
+    bundled_path,
+    load_documents,
+    read_jsonl,
+    write_jsonl,
+)
+from llmkit.options.data import PRESETS, DataConfig, config_for
+from llmkit.tokenizer import pack_sequences, tokenizer_fingerprint, train_tokenizer
 
 
 @dataclass
-class DataConfig(StageConfig):
-    STAGE: ClassVar[str] = "data"
-
-    corpus: str | None = option(None, "raw corpus: a jsonl, json, parquet, arrow, csv/tsv, WARC/WET or plain-text "
-                                      "file or folder, gzip/zstd or not, or a save_to_disk folder (default: the "
-                                      "bundled closed-world crawl)")
-    text_field: str | None = option(None, "field holding the text (default: the first of text, content, "
-                                          "document, body, raw_content)")
-    max_documents: int | None = option(None, "read only the first N documents")
-    text_chars: int = option(10_000, "plain text (.txt/.md): paragraphs are put together into documents of up to "
-                                     "this many characters")
-    max_bad_rows: float = option(0.01, MAX_BAD_ROWS_HELP)
-    text_heading: str | None = option(None, "plain text: a regular expression for the lines that start a new "
-                                            "document, such as '^CHAPTER ' (default: size alone)")
-    # cleaning (llmkit.cleaning)
-    profile: str = option("web", "which rules, for what text: " + "; ".join(f"{k}: {v}" for k, v in PROFILES.items()),
-                          choices=tuple(PROFILES))
-    normalize: bool = option(True, "Unicode NFKC and whitespace clean-up (the filters count stray \\r lines as "
-                                   "duplicate lines otherwise)")
-    unwrap: bool | None = option(None, "join hard-wrapped lines into one line per paragraph (default: the "
-                                       "profile's: prose)")
-    gopher_repetition: bool | None = option(None, "Gopher's repetition filter (default: the profile's)")
-    gopher_quality: bool | None = option(None, "Gopher's quality filter (default: the profile's)")
-    c4: bool | None = option(None, "C4's line filters, without its terminal-punctuation rule as in FineWeb "
-                                   "(default: the profile's)")
-    fineweb: bool | None = option(None, "FineWeb's quality filter (default: the profile's)")
-    language_model: str | None = option(None, "a fastText lid.176.bin for language identification (default: "
-                                              "skipped; llmkit downloads nothing)")
-    languages: list[str] = option(default_factory=lambda: ["en"], help="languages to keep (with language_model)")
-    language_threshold: float = option(0.65, "the language's minimum score (with language_model)")
-    exact_dedup: bool = option(True, "remove documents whose text is identical to an earlier one's")
-    minhash_dedup: bool = option(True, "remove near duplicates (MinHash LSH, verified by the exact Jaccard)")
-    minhash_threshold: float = option(0.7, "Jaccard similarity of word 5-gram sets at which two documents are "
-                                           "duplicates")
-    minhash_bands: int = option(20, "LSH bands")
-    minhash_rows: int = option(5, "rows per LSH band")
-    shingle_size: int = option(5, "words per shingle")
-    redact_pii: bool = option(True, "replace e-mail addresses, public IP addresses and phone numbers")
-    # tokenizer and packing
-    vocab_size: int = option(4096, "BPE vocabulary size (an upper bound)")
-    block_size: int = option(256, "tokens per packed training block")
-    validation_fraction: float = option(0.05, "documents held out for validation")
-    num_proc: int = option(2, "processes for the filters (from 2,000 documents) and for tokenizing and packing "
-                              "(from 20,000)")
-    seed: int = option(0, "seed of the train/validation split and MinHash")
+class Corpus:
+    source: str
+    docs: list[dict]
+    stats: ReadStats
 
 
-PRESETS: dict[str, dict] = {
-    "smoke": {"max_documents": 700, "vocab_size": 1024, "block_size": 128},
-    "tiny": {},
-    "small": {"vocab_size": 8192, "block_size": 512},  # GPU presets: bigger corpora want bigger numbers
-    "gpt2": {"vocab_size": 32768, "block_size": 1024},
-}
-
-
-def config_for(preset: str = "tiny", **overrides) -> DataConfig:
-    return configure(DataConfig, PRESETS, preset, overrides)
-
-
-def run(config: DataConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True) -> runs.StageResult:
-    """Clean the corpus, train the tokenizer and pack the blocks into RUN_DIR/data."""
-    from llmkit.cleaning import Ledger, clean_corpus, rule_order
-    from llmkit.tokenizer import tokenizer_fingerprint, train_tokenizer
-
-    out = runs.Stage(run_dir, config.output_name, overwrite)
-    if out.reusable:
-        return out.reuse()
-    corpus = config.corpus or str(bundled_path("corpus.jsonl"))
-    rejects = Rejects(config.max_bad_rows)
-    docs, read_stats = load_documents(corpus, config.text_field, config.max_documents, config.text_chars,
-                                      config.text_heading, rejects)
+def read_inputs(config: DataConfig, run_dir: Path, rejects: Rejects) -> Corpus:
+    """The corpus's documents; a file that cannot be read, or holds none, stops the stage here."""
+    source = config.train_data or str(bundled_path("corpus.jsonl"))
+    docs, stats = load_documents(source, config.text_field, config.max_examples, config.text_chars,
+                                 config.text_heading, rejects)
     if not docs:
-        raise DataError(f"{corpus}: the corpus holds no documents")
+        raise DataError(f"{source}: the corpus holds no documents")
+    return Corpus(source, docs, stats)
+
+
+def train(config: DataConfig, corpus: Corpus, work: lifecycle.Work) -> dict:
+    docs = corpus.docs
     ledger = Ledger()
-    kept = clean_corpus(docs, config, ledger, progress)
+    kept = clean_corpus(docs, config, ledger, work.progress)
     if not kept:
         raise DataError("the cleaning rules removed every document:\n" + ledger.summary_table(docs, kept) +
                         f"\n  The rules are the {config.profile!r} profile's. For books and articles use the prose "
                         "profile (--profile prose), for text already clean none; any rule can be switched off "
                         "(--no-fineweb, …; in the pipeline --data.profile, --data.no-fineweb)")
-    with out:
-        tokenizer = train_tokenizer((d["text"] for d in kept), config.vocab_size)
-        tokenizer.save_pretrained(out.work / "tokenizer")
-        with _datasets_progress(progress):
-            blocks, pack_stats = make_blocks(kept, tokenizer, config)
-            blocks.save_to_disk(str(out.work / "blocks"))
-        (out.work / "blocks" / "tokenizer_fingerprint.txt").write_text(tokenizer_fingerprint(tokenizer) + "\n")
+    tokenizer = train_tokenizer((d["text"] for d in kept), config.vocab_size)
+    tokenizer.save_pretrained(work.dir / "tokenizer")
+    with _datasets_progress(work.progress):
+        blocks, pack_stats = make_blocks(kept, tokenizer, config)
+        blocks.save_to_disk(str(work.dir / "blocks"))
+    (work.dir / "blocks" / "tokenizer_fingerprint.txt").write_text(tokenizer_fingerprint(tokenizer) + "\n")
 
-        write_jsonl(out.work / "documents.jsonl", kept)
-        write_jsonl(out.work / "removed.jsonl", ledger.removed)
-        write_jsonl(out.work / "changes.jsonl", ledger.changes)
-        rejects.write(out.work)
-        rules = ledger.per_rule(docs, tokenizer, rule_order(config))
-        metrics = {
-            "documents_in": len(docs),
-            "documents_out": len(kept),
-            "documents_removed": len(ledger.removed),
-            "documents_changed": len({c["id"] for c in ledger.changes}),
-            "replaced_undecodable_chars": read_stats.replaced_chars,
-            "rejected_rows": len(rejects.rows),  # rows that could not be read: rejected_rows.jsonl says why
-            "skipped_while_reading": read_stats.skipped,  # records that hold no document (a WARC request, …)
-            "text_field_detected": read_stats.text_field,
-            "language_id": "on" if config.language_model else "skipped (no language_model file given)",
-            "rules": rules,
-            "warnings": flag_rules(rules, config),
-            "vocab_size": len(tokenizer),
-            **{f"{split}_{k}": v for split, s in pack_stats.items() for k, v in s.items()},
-        }
-        (out.work / "report.md").write_text(render_report(metrics), encoding="utf-8")
-        return out.commit(config, metrics)
+    write_jsonl(work.dir / "documents.jsonl", kept)
+    write_jsonl(work.dir / "removed.jsonl", ledger.removed)
+    write_jsonl(work.dir / "changes.jsonl", ledger.changes)
+    rules = ledger.per_rule(docs, tokenizer, rule_order(config))
+    metrics = {
+        "documents_in": len(docs),
+        "documents_out": len(kept),
+        "documents_removed": len(ledger.removed),
+        "documents_changed": len({c["id"] for c in ledger.changes}),
+        "replaced_undecodable_chars": corpus.stats.replaced_chars,
+        "rejected_rows": len(work.rejects.rows),  # rows that could not be read: rejected_rows.jsonl says why
+        "skipped_while_reading": corpus.stats.skipped,  # records that hold no document (a WARC request, …)
+        "text_field_detected": corpus.stats.text_field,
+        "language_id": "on" if config.language_model else "skipped (no language_model file given)",
+        "rules": rules,
+        "warnings": flag_rules(rules, config),
+        "vocab_size": len(tokenizer),
+        **{f"{split}_{k}": v for split, s in pack_stats.items() for k, v in s.items()},
+    }
+    (work.dir / "report.md").write_text(render_report(metrics), encoding="utf-8")
+    return metrics
 
 
 # ---- blocks ---------------------------------------------------------------------------------------
 def make_blocks(docs: list[dict], tokenizer, config: DataConfig):
     """Split documents into train / validation (by document, so validation text is unseen), then pack."""
-    from datasets import Dataset, DatasetDict
-
-    from llmkit.tokenizer import pack_sequences
-
     order = list(range(len(docs)))
     random.Random(config.seed).shuffle(order)
     n_val = min(max(1, round(len(docs) * config.validation_fraction)), len(docs) - 1)
@@ -227,9 +171,6 @@ def render_report(m: dict) -> str:
 
 @contextmanager
 def _datasets_progress(show: bool):
-    import datasets
-    from datasets.utils import are_progress_bars_disabled
-
     was_disabled = are_progress_bars_disabled()
     if not show:
         datasets.disable_progress_bars()
@@ -279,3 +220,9 @@ def score_cleaning(stage_dir: str | Path, labels_path: str | Path | None = None)
     out["pii_recall"] = pii_gone / pii_total if pii_total else None
     out["counts"]["pii_items_in_kept_docs"] = pii_total
     return out
+
+
+# The stage's life in its run folder (reuse, read the inputs, train, measure, commit): llmkit.lifecycle
+run = lifecycle.runner(read_inputs, train,
+                       "Clean the corpus, train the tokenizer and pack the blocks into RUN_DIR/data.")
+__all__ = ["DataConfig", "PRESETS", "config_for", "run"]  # its options: llmkit.options.data

@@ -23,8 +23,20 @@ Jaccard similarity (tests/test_data_at_scale.py measures the difference on the b
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
+
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.dedup import (
+    MinhashDedupBuckets,
+    MinhashDedupCluster,
+    MinhashDedupFilter,
+    MinhashDedupSignature,
+)
+from datatrove.pipeline.dedup.minhash import MinhashConfig
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter
 
 from llmkit.cleaning import PIIRedactor, datatrove_pipeline
 from llmkit.data import DataConfig
@@ -32,8 +44,6 @@ from llmkit.loaders import DataError, read_jsonl
 
 
 def minhash_config(config: DataConfig):
-    from datatrove.pipeline.dedup.minhash import MinhashConfig
-
     return MinhashConfig(n_grams=config.shingle_size, num_buckets=config.minhash_bands,
                          hashes_per_bucket=config.minhash_rows, seed=config.seed)
 
@@ -43,15 +53,6 @@ def pipelines(config: DataConfig, input_folder: str, output_folder: str, work_fo
     """(name, datatrove pipeline, tasks) for each of the five steps, in order. `input_folder` holds jsonl
     shards (several files, so that tasks can share them out); folders may be local paths or fsspec URLs
     (s3://...) that datatrove reads and writes."""
-    from datatrove.pipeline.dedup import (
-        MinhashDedupBuckets,
-        MinhashDedupCluster,
-        MinhashDedupFilter,
-        MinhashDedupSignature,
-    )
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
-
     mh = minhash_config(config)
     work = work_folder.rstrip("/")
     kept = f"{work}/filtered"
@@ -92,8 +93,6 @@ def run_local(config: DataConfig, corpus: str | Path, output_folder: str | Path,
     """Shard `corpus`, run the five pipelines with datatrove's LocalPipelineExecutor (`tasks` tasks on
     `workers` processes each) and return {"documents_in", "documents_out", "duplicates_removed",
     "filtered_out", "output_files"}. The kept documents are gzipped jsonl files in `output_folder`."""
-    from datatrove.executor import LocalPipelineExecutor
-
     output_folder = Path(output_folder)
     work = Path(work_folder) if work_folder else output_folder.with_name(output_folder.name + ".work")
     n_in = shard_corpus(corpus, work / "input", tasks, config.text_field or "text")
@@ -113,8 +112,6 @@ def run_local(config: DataConfig, corpus: str | Path, output_folder: str | Path,
 
 def read_gzip_jsonl(folder: str | Path) -> list[dict]:
     """Every row of the datatrove JsonlWriter files (*.jsonl.gz) in `folder`, file by file."""
-    import gzip
-
     rows = []
     for path in sorted(Path(folder).glob("*.jsonl.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as f:

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+import torch
+
 from llmkit import runs
 from llmkit import world as W
 from llmkit.formats import answer_text, prompt_text
 from llmkit.generation import chat_generate, generate, greedy_continuations, response_logprobs
 from llmkit.loaders import bundled_path, read_jsonl
+from llmkit.oracle import Oracle
 from llmkit.verifier import is_correct
 
 FACT_PROMPTS = {
@@ -32,6 +35,9 @@ FACT_PROMPTS = {
     "university": "{n} is a graduate of",
 }
 QA_SPLITS = ("heldout", "trained")
+# With verifiable tasks, the sampled comparison with SFT (KL, reward-model score, length) is made on the first 100:
+# each costs 2 × samples_per_prompt answers, and the exact-answer accuracy is measured greedily on all of them.
+SAMPLED_TASKS = 100
 
 
 def fact_completion(model, tokenizer, world: W.World | None = None, people: list[str] | None = None,
@@ -70,8 +76,6 @@ def qa_accuracy(model, tokenizer, rows: list[dict], oracle=None, max_new_tokens:
     """Closed-world QA through the chat template: `rows` hold a `prompt` (a question); the oracle judges each
     greedy answer. Returns accuracy, format adherence (the answer ended with EOS within `max_new_tokens`), the
     mean probability of EOS where the answers ended, the mean oracle score, and a few examples."""
-    from llmkit.oracle import Oracle
-
     oracle = oracle or Oracle()
     answers = chat_generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, eos_probability=True)
     verdicts = [oracle.judge(r["prompt"], a["text"]) for r, a in zip(rows, answers)]
@@ -88,20 +92,21 @@ def qa_accuracy(model, tokenizer, rows: list[dict], oracle=None, max_new_tokens:
 def closed_world_qa(model, tokenizer, limit: int | None = None, reference=None, reference_name: str = "reference",
                     reference_dir=None) -> dict:
     """QA on the bundled held-out and trained questions (the first `limit` of each): `qa_heldout`, `qa_trained`,
-    `format_ok_*`, `eos_probability_*` and `qa_*_examples` of the model. With a `reference` model also
-    `<reference_name>_qa_heldout` and `_trained` — read from `reference_dir`'s metrics.json instead when that
-    stage (an llmkit SFT run) asked the same questions: the same greedy answers by this function, and none to
+    `qa_questions`, `format_ok_*`, `eos_probability_*` and `qa_*_examples` of the model. With a `reference` model
+    also `<reference_name>_qa_heldout` and `_trained` — read from `reference_dir`'s metrics.json instead where that
+    folder (an llmkit SFT run) answered the same questions: the same greedy answers by this function, and none to
     generate again."""
-    stage_config = runs.read_stage_config(reference_dir) if reference_dir and runs.finished(reference_dir) else None
-    known = runs.read_metrics(reference_dir) if stage_config and stage_config.get("qa_limit", "absent") == limit else {}
-    out: dict = {}
+    known = runs.read_metrics(reference_dir) if reference_dir and runs.finished(reference_dir) else {}
+    out: dict = {"qa_questions": {}}
     for split in QA_SPLITS:
         rows = read_jsonl(bundled_path(f"qa_{split}.jsonl"))[:limit]
         r = qa_accuracy(model, tokenizer, rows)
+        out["qa_questions"][split] = len(rows)
         out.update({f"qa_{split}": r["accuracy"], f"format_ok_{split}": r["format_ok"],
                     f"eos_probability_{split}": r["eos_probability"], f"qa_{split}_examples": r["examples"]})
         if reference is not None:
-            out[f"{reference_name}_qa_{split}"] = (known[f"qa_{split}"] if f"qa_{split}" in known
+            same = known.get("qa_questions", {}).get(split) == len(rows) and f"qa_{split}" in known
+            out[f"{reference_name}_qa_{split}"] = (known[f"qa_{split}"] if same
                                                    else qa_accuracy(reference, tokenizer, rows)["accuracy"])
     return out
 
@@ -113,8 +118,6 @@ def compare_policies(policy, reference, tokenizer, rm, prompts: list, max_new_to
     per-token KL to the reference on the policy's own samples, and response length. On the closed world also
     each answer's first flaw by the oracle (`Oracle.flaw`), and the share of answers that are rude or rambling:
     the demonstrators' habits that SFT imitated and the preference rule dislikes. `rows`: every comparison."""
-    import torch
-
     prompts = list(prompts) * samples_per_prompt
     torch.manual_seed(seed + 1)
     mine = generate(policy, tokenizer, prompts, max_new_tokens, temperature)
@@ -201,7 +204,7 @@ def evaluate_policy(model, reference, tokenizer, rm, prompts: list, config, refe
     are more task sets, measured the same way under keys that start with their name instead of "task" (every
     question in `task_rows`, with its set's name under "split"). `rows` holds every comparison;
     `warnings` says when most answers ran out of tokens."""
-    sampled = prompts if answers is None else prompts[: config.eval_limit]  # the tasks' KL: on as many as the RM's
+    sampled = prompts if answers is None else prompts[:SAMPLED_TASKS]
     out = compare_policies(model, reference, tokenizer, rm, sampled, config.max_new_tokens, config.temperature,
                            config.eval_samples_per_prompt, config.seed, oracle if answers is None else None)
     if answers is not None:
@@ -217,7 +220,7 @@ def evaluate_policy(model, reference, tokenizer, rm, prompts: list, config, refe
                            f"tokens (max_new_tokens={config.max_new_tokens}) before they ended their turn: raise "
                            "max_new_tokens, or check that the SFT model learned to stop"]
     if oracle is not None:
-        out.update(closed_world_qa(model, tokenizer, config.qa_limit, reference, "sft", reference_dir))
+        out.update(closed_world_qa(model, tokenizer, config.eval_limit, reference, "sft", reference_dir))
     return out
 
 
@@ -238,13 +241,9 @@ def pairwise_accuracy(rm, rows: list[dict]) -> dict:
 def oracle_agreement(rm, policy, prompts: list, temperature: float = 1.0, seed: int = 0) -> dict:
     """Two answers per prompt sampled from the policy (the SFT model); where the oracle prefers one, how often
     does the RM prefer the same one? Also the correlation of RM and oracle scores, and every pair."""
-    import torch
-
-    from llmkit.oracle import Oracle
-
     torch.manual_seed(seed)
-    a = chat_generate(policy, rm.tokenizer, prompts, do_sample=True, temperature=temperature)
-    b = chat_generate(policy, rm.tokenizer, prompts, do_sample=True, temperature=temperature)
+    a = chat_generate(policy, rm.tokenizer, prompts, temperature=temperature)
+    b = chat_generate(policy, rm.tokenizer, prompts, temperature=temperature)
     oracle = Oracle()
     rows, agree, decided = [], 0, 0
     rm_a, rm_b = rm.score(prompts, [x["text"] for x in a]), rm.score(prompts, [x["text"] for x in b])
@@ -262,8 +261,6 @@ def oracle_agreement(rm, policy, prompts: list, temperature: float = 1.0, seed: 
 
 
 def pearson(x: list[float], y: list[float]) -> float:
-    import torch
-
     t = torch.tensor([x, y], dtype=torch.float64)
     if len(x) < 2 or (t.std(dim=1) == 0).any():
         return float("nan")

@@ -22,7 +22,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from llmkit import runs
+from llmkit.chat_format import special_ids, stop_at_end_of_turn
+from llmkit.model import load_causal_lm
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 # The largest logit difference each precision may give (measured on the families' stand-ins and notebook 10's:
@@ -36,11 +43,6 @@ def export(model_dir: str | Path, out: str | Path, formats: tuple[str, ...] = ("
            gguf_type: str = "f16", overwrite: bool = False) -> dict:
     """Export the model folder `model_dir` into `out` (`out/transformers`, `out/model-<type>.gguf`); returns what
     export.json records (files, the GGUF round-trip's largest logit difference)."""
-    from transformers import AutoTokenizer
-
-    from llmkit.chat_format import stop_at_end_of_turn
-    from llmkit.model import load_causal_lm
-
     model_dir, out = Path(model_dir), Path(out)
     unknown = sorted(set(formats) - {"transformers", "gguf"})
     if unknown:
@@ -121,9 +123,6 @@ def gguf_tensors(model) -> dict:
 
 def write_gguf(model, tokenizer, path: Path, gguf_type: str = "f16") -> None:
     """Write `model` and `tokenizer` to one GGUF file (module doc)."""
-    import gguf
-    import numpy as np
-
     cfg = model.config
     arch = ARCHITECTURES[type(model).__name__]
     writer = gguf.GGUFWriter(str(path), arch)
@@ -162,10 +161,6 @@ def write_gguf(model, tokenizer, path: Path, gguf_type: str = "f16") -> None:
 
 def _add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
     """The vocabulary (padded to the model's rows), BPE merges, special token ids and chat template."""
-    import gguf
-
-    from llmkit.chat_format import special_ids
-
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab = tokenizer.get_vocab()
     by_id = {i: t for t, i in vocab.items()}
@@ -201,9 +196,6 @@ def _add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
 def gguf_logit_difference(model, tokenizer, path: Path) -> float:
     """The largest absolute difference between the model's logits and those of the GGUF file loaded back with
     transformers, on CHECK_PROMPTS through the chat template (or as raw text without one)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     worst = 0.0
     for prompt in CHECK_PROMPTS:

@@ -16,6 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from trl import chat_template_utils
+
 # Templates that TRL does not keep, as the checkpoints ship them
 MISTRAL_TEMPLATE = (  # Mistral-7B-Instruct-v0.1/v0.2: no system role, [INST] ... [/INST] answer</s>
     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
@@ -73,7 +79,6 @@ FAMILIES: dict[str, Family] = {
 def template_of(family: Family) -> str | None:
     if family.template is None or not family.template.startswith("trl:"):
         return family.template
-    from trl import chat_template_utils
 
     return getattr(chat_template_utils, f"{family.template[4:]}_chat_template")
 
@@ -81,9 +86,6 @@ def template_of(family: Family) -> str | None:
 def build_tokenizer(name: str, texts, vocab_size: int = 512):
     """A fast tokenizer of family `name` trained on `texts`: its special tokens, its kind (byte-level BPE or
     SentencePiece-style with ▁), its EOS, pad (or none) and chat template (or none)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     family = FAMILIES[name]
     named = [t for t in (family.pad, family.bos, family.eos, family.unk) if t]
     special = list(dict.fromkeys([*named, *family.extra]))
@@ -109,8 +111,6 @@ def build_tokenizer(name: str, texts, vocab_size: int = 512):
 def build_config(name: str, tokenizer, hidden: int = 64, layers: int = 2, context: int = 512):
     """The family's transformers config, tiny: `hidden` wide, `layers` deep, grouped-query attention where the
     family has it, its special token ids."""
-    import transformers
-
     family = FAMILIES[name]
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)}
@@ -124,9 +124,6 @@ def build_config(name: str, tokenizer, hidden: int = 64, layers: int = 2, contex
 
 def build_stand_in(name: str, folder: str | Path, texts, seed: int = 0, **sizes) -> Path:
     """Write a random-initialised stand-in of family `name` (model and tokenizer) to `folder`."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     if name not in FAMILIES:
         raise ValueError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
     texts = list(texts)

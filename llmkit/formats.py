@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from llmkit.loaders import DataError, ReadStats, Rejects, iter_records, reject
+from llmkit.loaders import DataError, ReadStats, Rejects, bundled_path, iter_records, reject
+from llmkit.verifier import ANSWER_FIELDS, expected_answer
 
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
          "chatgpt": "assistant", "bot": "assistant", "model": "assistant"}
@@ -89,8 +90,6 @@ def read_tasks(path: str | Path, rejects: Rejects | None = None, limit: int | No
     prompt (`prompt` as a string or messages, `question` or `problem`) and an expected answer (`answer`,
     `ground_truth` or `final_answer`; a GSM8K solution ending in `#### 72` counts as 72). Each: {"prompt",
     "answer"}. Rows without both go to `rejects`; a file with none is an error that says what the verifier needs."""
-    from llmkit.verifier import ANSWER_FIELDS, expected_answer
-
     out: list[dict] = []
     for row, where in _rows(path, rejects):
         if limit is not None and len(out) >= limit:
@@ -393,3 +392,27 @@ def read_preferences(path: str | Path, data_format: str = "auto", limit: int | N
             break
     _done(path, rejects, out, "preference pairs")
     return out
+
+
+def train_and_eval(read, config, bundled: tuple[str, str], bundled_format: str, held_out: int,
+                   rejects: Rejects | None = None) -> tuple[list, list]:
+    """(train, eval) rows of a stage that trains on `config.train_data` and evaluates on `config.eval_data`, read by
+    `read(path, data_format, rejects=...)`: the bundled closed world's two files (`bundled`, read strictly in
+    `bundled_format`) where the config gives none; without eval data, the first 1/`held_out` of the user's own rows
+    (at least one) are held out. `max_examples` keeps the first training rows, `eval_limit` the first eval rows."""
+    train_file, eval_file = bundled
+    own = config.train_data is not None
+    train = (read(config.train_data, config.data_format, rejects=rejects) if own
+             else read(bundled_path(train_file), bundled_format))
+    if config.eval_data:
+        evals = read(config.eval_data, config.data_format, rejects=rejects)
+    elif own:
+        n_eval = max(1, len(train) // held_out) if len(train) > 1 else 0
+        train, evals = train[n_eval:], train[:n_eval] or train[:1]
+    else:
+        evals = read(bundled_path(eval_file), bundled_format)
+    if config.max_examples is not None:
+        if config.max_examples < 1:
+            raise DataError(f"max_examples={config.max_examples}: give a positive number of training rows")
+        train = train[: config.max_examples]
+    return train, evals[: config.eval_limit]

@@ -2,20 +2,21 @@
 
     generate(model, tok, prompts, 40, temperature=0.7)   a batch of answers as tensors: PPO's rollouts
     response_logprobs(model, g.input_ids, ...)            the log-probabilities of those answers' tokens
-    chat_generate(model, tok, prompts)                    the same, as text per prompt: evaluation, labels
+    chat_generate(model, tok, prompts)                    the same, as text per prompt (greedy): evaluation, labels
     greedy_continuations(model, tok, ["Ada is"])          raw-text continuations of a base model
     stream(model, tok, ids, temperature=0.7)              one answer token by token: the chat app
 
 A prompt is a user message (a string) or a list of messages, rendered with the chat template and its
 generation prompt. Batches are left-padded, so every row's next token sits in the last column and the KV
-cache serves the whole batch. Sampling is transformers': temperature, then top-p (nucleus), then a draw — no
-top-k, whatever a checkpoint's generation config says; `do_sample=False` is greedy. A chat answer stops at any
-of the template's end-of-turn tokens (`llmkit.chat_format.end_of_turn_ids`: llmkit's and Qwen's <|im_end|>,
-Llama 3's <|eot_id|>, Gemma's <end_of_turn>, ... and the EOS).
+cache serves the whole batch.
 
-`generate(..., seeds=[...])` gives each row its own random draws (`SeededSampling`): the same prompt with the same
-seed gets the same answer whatever else is in the batch, which is how PPO's rollouts come out the same on one
-process and on N, each process generating its share of the batch.
+Every token is drawn one way, by `TokenSampler`: **temperature 0 is greedy**, everywhere; otherwise
+transformers' temperature and top-p (nucleus) warpers, then one draw per row — no top-k, whatever a checkpoint's
+generation config says. With `seeds=[...]` each row draws from its own random stream: the same prompt with the
+same seed gets the same answer whatever else is in the batch, which is how PPO's rollouts come out the same on one
+process and on N, each process generating its share of the batch; without, from torch's global RNG. A chat answer
+stops at any of the template's end-of-turn tokens (`llmkit.chat_format.end_of_turn_ids`: llmkit's and Qwen's
+<|im_end|>, Llama 3's <|eot_id|>, Gemma's <end_of_turn>, ... and the EOS).
 """
 
 from __future__ import annotations
@@ -23,21 +24,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from llmkit.chat_format import fit_roles
+import torch
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+from llmkit.chat_format import end_of_turn_ids, fit_roles
 from llmkit.formats import as_messages
-
-if TYPE_CHECKING:
-    import torch
 
 
 @contextmanager
 def generation_mode(model, tokenizer):
     """Eval mode, left padding and no gradients for the duration; the model's mode and the tokenizer's padding
     side are restored after. Yields the model's device."""
-    import torch
-
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"
@@ -115,17 +113,13 @@ def fit_to_context(prompt_ids: list[list[int]], max_new_tokens: int, context: in
 
 
 def generate(model, tokenizer, conversations: list, max_new_tokens: int, temperature: float = 1.0,
-             top_p: float = 1.0, do_sample: bool = True, use_cache: bool = True,
-             eos_probability: bool = False, seeds: list[int] | None = None) -> Generation:
-    """One answer per conversation, in one batch, never past the model's context (`fit_to_context`).
-    `eos_probability`: also the model's probability of EOS at the position where each answer ended (greedy
-    answers can end where that is low; sampled ones then rarely stop there) — it keeps every step's logits until
-    the batch is done. `seeds` (one per conversation, with sampling): row i draws its tokens from its own random
-    stream seeded with seeds[i] (`SeededSampling`) instead of the global torch RNG shared by the batch."""
-    import torch
-
-    from llmkit.chat_format import end_of_turn_ids
-
+             top_p: float = 1.0, use_cache: bool = True, eos_probability: bool = False,
+             seeds: list[int] | None = None) -> Generation:
+    """One answer per conversation, in one batch, never past the model's context (`fit_to_context`); greedy at
+    temperature 0. `eos_probability`: also the model's probability of EOS at the position where each answer ended
+    (greedy answers can end where that is low; sampled ones then rarely stop there) — it keeps every step's logits
+    until the batch is done. `seeds` (one per conversation): row i draws its tokens from its own random stream
+    seeded with seeds[i] instead of the global torch RNG shared by the batch."""
     stops, pad = end_of_turn_ids(tokenizer, getattr(model, "generation_config", None)), tokenizer.pad_token_id
     prompt_ids = tokenizer(chat_prompts(tokenizer, conversations), add_special_tokens=False)["input_ids"]
     prompt_ids, max_new_tokens, cut = fit_to_context(prompt_ids, max_new_tokens, context_length(model))
@@ -134,14 +128,8 @@ def generate(model, tokenizer, conversations: list, max_new_tokens: int, tempera
     with generation_mode(model, tokenizer) as device:
         enc = tokenizer.pad({"input_ids": prompt_ids}, return_tensors="pt").to(device)  # left: generation_mode
         n_prompt = enc["input_ids"].shape[1]
-        sampling = {"do_sample": do_sample, "temperature": temperature if do_sample else None,
-                    "top_p": top_p if do_sample else None, "top_k": 0 if do_sample else None}
-        if do_sample and seeds is not None:  # the draw happens in the processor; generate keeps its pick
-            sampling = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, "logits_processor":
-                        [SeededSampling(seeds, n_prompt, max_new_tokens, temperature, top_p)]}
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling, use_cache=use_cache,
-                             pad_token_id=pad, eos_token_id=stops, return_dict_in_generate=True,
-                             output_logits=eos_probability)
+        out = decode(model, enc, max_new_tokens, TokenSampler(temperature, top_p, seeds, n_prompt, max_new_tokens),
+                     stops, pad, use_cache, eos_probability)
     answer = out.sequences[:, n_prompt:]
     stop_ids = torch.tensor(stops, device=answer.device)
     is_eos = torch.isin(answer, stop_ids)
@@ -160,35 +148,50 @@ def generate(model, tokenizer, conversations: list, max_new_tokens: int, tempera
                       torch.cat([enc["attention_mask"], mask.long()], 1), n_prompt, mask, texts, ended, p_eos, cut)
 
 
-class SeededSampling:
-    """A logits processor that samples each row of a batch from its own random stream: transformers' temperature
-    and top-p warpers (as `generate` and `stream` use them), then one draw per row per step by inverse transform
-    sampling, u ~ U[0, 1) from the row's `torch.Generator` seeded with its seed: the token is the first whose
-    cumulative probability passes u. It returns scores that are −inf but at the drawn token, so greedy decoding
-    keeps exactly that token. A row's draws depend on its seed and step only, never on the other rows or the
-    padding; they are made on the CPU up front, so a seed draws the same numbers on any device."""
+def decode(model, enc, max_new_tokens: int, sampler: TokenSampler, stops, pad: int, use_cache: bool = True,
+           logits: bool = False):
+    """transformers' generate loop (the KV cache, the stops) with every token drawn by `sampler`: generate itself
+    only keeps the one token the sampler leaves."""
+    return model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                          top_k=None, logits_processor=LogitsProcessorList([sampler]), use_cache=use_cache,
+                          pad_token_id=pad, eos_token_id=stops, return_dict_in_generate=True, output_logits=logits)
 
-    def __init__(self, seeds: list[int], n_prompt: int, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0):
-        import torch
-        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
+class TokenSampler:
+    """How llmkit draws every token, as a logits processor: at temperature 0 the most likely token (greedy); else
+    transformers' temperature and top-p warpers, then one draw per row by inverse transform sampling — u ~ U[0, 1)
+    and the token the first whose cumulative probability passes u. With `seeds`, row i's u come from its own
+    `torch.Generator` seeded with seeds[i], made on the CPU up front (a row's draws depend on its seed and step only,
+    never on the other rows, the padding or the device); without, from torch's global RNG. It returns scores that
+    are −inf but at the drawn token, so greedy decoding keeps exactly that token. `draw` gives the tokens."""
+
+    def __init__(self, temperature: float = 1.0, top_p: float = 1.0, seeds: list[int] | None = None,
+                 n_prompt: int = 0, max_new_tokens: int = 1):
+        self.greedy = temperature <= 0
         self.n_prompt = n_prompt
-        self.uniforms = torch.stack([torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(int(s)))
-                                     for s in seeds])  # (rows, steps)
+        self.uniforms = None if seeds is None or self.greedy else torch.stack(
+            [torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
         self.warpers = LogitsProcessorList()
-        if temperature != 1.0:
+        if not self.greedy and temperature != 1.0:
             self.warpers.append(TemperatureLogitsWarper(float(temperature)))
-        if top_p < 1.0:
+        if not self.greedy and top_p < 1.0:
             self.warpers.append(TopPLogitsWarper(float(top_p)))
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        step = min(input_ids.shape[1] - self.n_prompt, self.uniforms.shape[1] - 1)
+    def draw(self, input_ids: torch.Tensor, scores: torch.Tensor, generator: torch.Generator | None = None):
+        """One token per row, (rows,)."""
+        if self.greedy:
+            return scores.argmax(-1)
         cdf = self.warpers(input_ids, scores).float().softmax(-1).cumsum(-1)
-        u = self.uniforms[:, step, None].to(cdf.device) * cdf[:, -1:]
-        token = (cdf <= u).sum(-1).clamp(max=cdf.shape[1] - 1)  # the first token whose cdf passes u
+        if self.uniforms is not None:
+            step = min(input_ids.shape[1] - self.n_prompt, self.uniforms.shape[1] - 1)
+            u = self.uniforms[:, step]
+        else:
+            u = torch.rand(len(cdf), generator=generator)
+        u = u[:, None].to(cdf.device) * cdf[:, -1:]
+        return (cdf <= u).sum(-1).clamp(max=cdf.shape[1] - 1)  # the first token whose cdf passes u
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        token = self.draw(input_ids, scores)
         return torch.full_like(scores, float("-inf")).scatter(1, token[:, None], 0.0)
 
 
@@ -207,15 +210,14 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 
 def chat_generate(model, tokenizer, conversations: list, max_new_tokens: int = 48, batch_size: int = 64,
-                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                  eos_probability: bool = False) -> list[dict]:
-    """Answer each conversation, `batch_size` at a time (greedy unless `do_sample`). Per conversation:
+                  temperature: float = 0.0, top_p: float = 1.0, eos_probability: bool = False) -> list[dict]:
+    """Answer each conversation, `batch_size` at a time (greedy at the default temperature 0). Per conversation:
     {"text": the answer without special tokens, "ended": it stopped at EOS, "tokens": its length without EOS,
     "eos_probability": with `eos_probability=True` the model's probability of EOS where it ended, else None}."""
     out: list[dict] = []
     for i in range(0, len(conversations), batch_size):
         g = generate(model, tokenizer, conversations[i:i + batch_size], max_new_tokens, temperature, top_p,
-                     do_sample, eos_probability=eos_probability)
+                     eos_probability=eos_probability)
         lengths = (g.mask.sum(-1) - g.ended.float()).long().tolist()
         for j, (text, ended) in enumerate(zip(g.texts, g.ended.tolist())):
             out.append({"text": text, "ended": ended, "tokens": lengths[j],
@@ -233,28 +235,17 @@ def greedy_continuations(model, tokenizer, prompts: list[str], max_new_tokens: i
             ids, new_tokens, _ = fit_to_context(tokenizer(chunk, add_special_tokens=False)["input_ids"],
                                                 max_new_tokens, context_length(model))
             enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
-            gen = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, temperature=None,
-                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
-            out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            gen = decode(model, enc, new_tokens, TokenSampler(0.0), tokenizer.eos_token_id, tokenizer.pad_token_id)
+            out += tokenizer.batch_decode(gen.sequences[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return out
 
 
 def stream(model, tokenizer, input_ids: list[int], max_new_tokens: int = 48, temperature: float = 0.7,
            top_p: float = 1.0, seed: int = 0) -> Iterator[str]:
     """Yield the answer so far after every new token, for a UI that shows it as it is written: the KV cache, one
-    token a step, stopping at an end-of-turn token. Tokens are drawn as `generate` draws them (transformers' temperature and
-    top-p warpers; greedy at temperature 0), from a generator seeded with `seed`."""
-    import torch
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
-
-    warpers = LogitsProcessorList()
-    if temperature > 0:
-        warpers.append(TemperatureLogitsWarper(float(temperature)))
-        if top_p < 1.0:
-            warpers.append(TopPLogitsWarper(float(top_p)))
-    from llmkit.chat_format import end_of_turn_ids
-
+    token a step, stopping at an end-of-turn token. Tokens are drawn as everywhere else (`TokenSampler`: greedy at
+    temperature 0), from a generator seeded with `seed`."""
+    sampler = TokenSampler(temperature, top_p)
     draws = torch.Generator().manual_seed(int(seed))
     stops = set(end_of_turn_ids(tokenizer, getattr(model, "generation_config", None)))
     (input_ids,), max_new_tokens, _ = fit_to_context([list(input_ids)], int(max_new_tokens), context_length(model))
@@ -268,12 +259,7 @@ def stream(model, tokenizer, input_ids: list[int], max_new_tokens: int = 48, tem
             with torch.no_grad():
                 o = model(input_ids=ids if cache is None else ids[:, -1:], cache=cache, use_cache=True)
             cache = o.cache
-            logits = o.logits[:, -1].float()
-            if temperature <= 0:
-                token = int(logits.argmax(-1))
-            else:
-                probs = warpers(ids, logits).softmax(-1)[0].cpu()
-                token = int(torch.multinomial(probs, 1, generator=draws))
+            token = int(sampler.draw(ids, o.logits[:, -1].float().cpu(), draws)[0])
             if token in stops:
                 break
             out.append(token)

@@ -20,14 +20,21 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
+import torch
+from transformers import AutoTokenizer
+
 from llmkit.formats import as_messages, detect_preference_format, prompt_text, to_preference
+from llmkit.generation import chat_generate
 from llmkit.loaders import DataError, iter_records
+from llmkit.model import load_causal_lm
 
 CHOICES = ("A", "B", "tie", "both_bad")
 
@@ -106,18 +113,12 @@ def write_items(path: str | Path, items: list[Item]) -> None:
 def sample_items(model_dir: str | Path, prompts: list, temperatures: tuple[float, float] = (0.7, 1.3),
                  max_new_tokens: int = 48, seed: int = 0) -> list[Item]:
     """Two answers per prompt sampled live from a checkpoint, at two temperatures."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from llmkit.generation import chat_generate
-    from llmkit.model import load_causal_lm
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = load_causal_lm(model_dir)
     answers = []
     for i, t in enumerate(temperatures):
         torch.manual_seed(seed + i)
-        answers.append(chat_generate(model, tokenizer, prompts, max_new_tokens, do_sample=True, temperature=t))
+        answers.append(chat_generate(model, tokenizer, prompts, max_new_tokens, temperature=t))
     return [make_item(p, [a["text"], b["text"]], {"model": str(model_dir), "temperatures": list(temperatures)})
             for p, a, b in zip(prompts, *answers)]
 
@@ -144,8 +145,6 @@ class LabelStore:
     reward stage reads the file through this class, with the same rule."""
 
     def __init__(self, path: str | Path):
-        import threading
-
         self.path = Path(path)
         self.damaged_path = self.path.with_name(self.path.name.removesuffix(".jsonl") + ".damaged.jsonl")
         self._records: list[dict] = []
@@ -159,7 +158,7 @@ class LabelStore:
     @contextlib.contextmanager
     def _locked(self):
         """The lock a check-then-write holds: this process's threads and every process on the file."""
-        import fcntl
+        import fcntl  # POSIX only: imported where it is used, so that the rest of llmkit imports anywhere
 
         with self._thread_lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,8 +186,6 @@ class LabelStore:
             os.fsync(f.fileno())
 
     def _set_aside(self, line: int, text: str, reason: str) -> None:
-        import warnings
-
         record = {"line": line, "reason": reason, "text": text}
         known = set()
         if self.damaged_path.exists():

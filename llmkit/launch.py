@@ -29,6 +29,12 @@ import os
 import socket
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+from accelerate import notebook_launcher
+from accelerate.state import AcceleratorState
+from accelerate.utils import patch_environment
+
 from llmkit import pipeline, runs
 
 
@@ -38,8 +44,6 @@ class LaunchError(runs.StageError):
 
 def _stage_main(stage: str, config, run_dir: str, overwrite: bool, threads: int | None) -> None:
     """What every launched process runs."""
-    import torch
-
     if threads:
         torch.set_num_threads(threads)
     pipeline.run_stage(stage, config, run_dir, overwrite=overwrite, progress=runs.is_main_process())
@@ -53,11 +57,6 @@ def launch(stage: str, config, run_dir: str | Path, num_processes: int = 2, over
 
     `threads_per_process`: torch threads in each process (default: CPU cores / processes on a CPU-only
     machine). `port`: the rendezvous port (default: a free one)."""
-    import torch
-    from accelerate import notebook_launcher
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import patch_environment
-
     pipeline.stage(stage)  # an unknown stage fails here, not in the forked processes
     if num_processes < 1:
         raise LaunchError(f"num_processes must be at least 1, not {num_processes}")
@@ -86,10 +85,6 @@ def launch(stage: str, config, run_dir: str | Path, num_processes: int = 2, over
 def _clear_launch_blockers() -> None:
     """notebook_launcher forks this process: refuse when CUDA is initialised (forked CUDA fails), and clear
     accelerate's shared state left by a stage that ran in this process before (each process builds its own)."""
-    import torch
-    import torch.distributed as dist
-    from accelerate.state import AcceleratorState
-
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         raise LaunchError("CUDA is already initialised in this process, and forked processes cannot use it: restart "
                           "the kernel and call llmkit.launch.launch before anything touches the GPU (training, "

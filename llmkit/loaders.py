@@ -32,9 +32,17 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
-from llmkit.runs import StageError
+import pyarrow as pa
+import pyarrow.parquet as pq
+import trafilatura
+import zstandard
+from datasets import DatasetDict, load_from_disk
+from warcio.archiveiterator import ArchiveIterator
+
+from llmkit.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXT_FIELDS = ("text", "content", "document", "body", "raw_content")
@@ -48,15 +56,9 @@ COMPRESSIONS = (".gz", ".zst")
 TEXT_CHARS = 10_000  # a plain-text document's size budget: FineWeb's documents are mostly shorter
 
 
-class DataError(StageError):
-    """Bad input data: the message names the file (and line or field) and what is accepted."""
-
-
 def bundled_path(name: str = "") -> Path:
     """A file of the bundled closed-world data: `data_samples/` in the repository, which an installed package
     holds as `llmkit.data_samples` (pyproject.toml ships it as package data)."""
-    from importlib import resources
-
     try:
         folder = Path(str(resources.files("llmkit.data_samples")))
     except ModuleNotFoundError:  # a checkout on the path, not installed
@@ -125,7 +127,7 @@ def iter_records(path: str | Path, stats: ReadStats | None = None, text_chars: i
     """Yield (record, location) from a file, a folder of files, or a `save_to_disk` folder, one at a time.
     `text_chars`, `heading`: how plain text is cut into documents (see the module docstring)."""
     stats = stats if stats is not None else ReadStats()
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
@@ -158,8 +160,6 @@ def _open_binary(path: Path):
     if head[:2] == b"\x1f\x8b":
         return io.BufferedReader(gzip.GzipFile(fileobj=raw))
     if head == b"\x28\xb5\x2f\xfd":
-        import zstandard
-
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
     return raw
 
@@ -243,8 +243,6 @@ def _json(f, path: Path, stats: ReadStats, **_) -> Iterator[tuple[dict, str]]:
 
 
 def _parquet(f, path: Path, stats: ReadStats, **_) -> Iterator[tuple[dict, str]]:
-    import pyarrow.parquet as pq
-
     i = 0
     for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
         for row in batch.to_pylist():
@@ -253,8 +251,6 @@ def _parquet(f, path: Path, stats: ReadStats, **_) -> Iterator[tuple[dict, str]]
 
 
 def _arrow(f, path: Path, stats: ReadStats, **_) -> Iterator[tuple[dict, str]]:
-    import pyarrow as pa
-
     head = f.peek(6)[:6]
     reader = pa.ipc.open_file(pa.PythonFile(f)) if head == b"ARROW1" else pa.ipc.open_stream(pa.PythonFile(f))
     batches = (reader.get_batch(k) for k in range(reader.num_record_batches)) if head == b"ARROW1" else reader
@@ -292,8 +288,6 @@ _COLUMN_NAME = re.compile(r"^[A-Za-z_][\w .-]{0,40}$")  # a short name that star
 
 
 def _warc(f, path: Path, stats: ReadStats, fmt: str = "warc", **_) -> Iterator[tuple[dict, str]]:
-    from warcio.archiveiterator import ArchiveIterator
-
     wanted = "conversion" if fmt == "wet" else "response"
     for n, record in enumerate(ArchiveIterator(f, arc2warc=True), start=1):
         if record.rec_type != wanted:
@@ -318,8 +312,6 @@ def _warc(f, path: Path, stats: ReadStats, fmt: str = "warc", **_) -> Iterator[t
 
 def _html_to_text(html: bytes) -> str:
     """The main text of an HTML page (trafilatura: the article, without navigation, menus and footers)."""
-    import trafilatura
-
     return (trafilatura.extract(html, include_comments=False, include_tables=False, favor_precision=True)
             or "").strip()
 
@@ -370,8 +362,6 @@ def _text_documents(f, stats: ReadStats, text_chars: int, heading: str | None) -
 
 
 def _iter_saved_dataset(path: Path, stats: ReadStats) -> Iterator[tuple[dict, str]]:
-    from datasets import DatasetDict, load_from_disk
-
     ds = load_from_disk(str(path))
     splits = ds.items() if isinstance(ds, DatasetDict) else [("", ds)]
     stats.files += 1

@@ -4,9 +4,10 @@
     rows = run_lab("runs/demo", preset="tiny")     # needs RUN_DIR/sft and RUN_DIR/reward (llmkit pipeline)
     print(lab_table(rows))
 
-Two tasks:
+Its entries come from the registry (`llmkit.registry`, each RL stage's `lab` rows), so a new method is in the lab
+as soon as it is a stage. Two tasks:
 - **preferences**: the bundled RL prompts, rewarded by the reward model (PPO, GRPO, RLOO) or learned from the
-  preference pairs (DPO, KTO); judged by the oracle's win-rate against SFT, held-out QA and KL.
+  preference pairs (DPO, KTO, ...); judged by the oracle's win-rate against SFT, held-out QA and KL.
 - **verifiable**: the bundled tasks (`llmkit.world.TASKS`), rewarded by the exact-answer check
   (`llmkit.verifier`); judged by held-out exact-answer accuracy against SFT's. DPO and KTO have no pairs here.
 
@@ -28,59 +29,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit import runs
-from llmkit.rl import ppo, trl_methods
+from llmkit.registry import REGISTRY, stage
 
 
 @dataclass(frozen=True)
 class Entry:
     name: str  # the table's label, and the folder RUN_DIR/lab-<name>
-    stage: str  # ppo, grpo, rloo, dpo or kto
+    stage: str  # an RL stage of the registry: ppo, grpo, rloo, dpo, kto, ...
     task: str  # "preferences" or "verifiable"
     overrides: dict = field(default_factory=dict)
     what: str = ""  # what it changes, in a sentence
 
 
-METHODS = (
-    ("ppo", "ppo", {}, "a value model's per-token advantages, clipped ratio, KL in the reward"),
-    ("grpo", "grpo", {"loss_type": "grpo"}, "group-relative advantages; each answer's token losses averaged over "
-                                            "its own length, so a long answer's tokens each count less"),
-    ("dr_grpo", "grpo", {"loss_type": "dr_grpo"}, "Dr. GRPO: no std scaling, token losses summed over a constant, "
-                                                  "no length bias"),
-    ("dapo", "grpo", {"loss_type": "dapo"}, "DAPO: token losses averaged over all tokens of the batch (TRL's "
-                                            "default)"),
-    ("cispo", "grpo", {"loss_type": "cispo"}, "CISPO: the importance weight clipped and kept out of the gradient, "
-                                              "so no token's gradient is dropped"),
-    ("gspo", "grpo", {"loss_type": "grpo", "importance_sampling_level": "sequence"},
-     "GSPO: one importance ratio per answer (the mean of its tokens' log-ratios)"),
-    ("rloo", "rloo", {}, "REINFORCE with the mean reward of the prompt's other samples as the baseline"),
-    ("dpo", "dpo", {"loss_type": "sigmoid"}, "DPO: the pairs' log-ratio margin through a sigmoid"),
-    ("ipo", "dpo", {"loss_type": "ipo"}, "IPO: the margin regressed to a fixed target, which bounds it"),
-    ("dpo_norm", "dpo", {"loss_type": "sigmoid_norm"}, "length-normalised DPO: log-ratios per token, not per answer"),
-    ("kto", "kto", {}, "KTO: each answer judged alone against a reference point, no pairs"),
-)
-SAMPLING = ("ppo", "grpo", "rloo")  # the ones a verifier can reward
-ENTRIES = tuple(Entry(name, stage, "preferences", dict(o), what) for name, stage, o, what in METHODS) + tuple(
-    Entry(f"{name}_verifier", stage, "verifiable", {**o, "reward": "verifier"}, what)
-    for name, stage, o, what in METHODS if stage in SAMPLING)
+# Every RL stage's rows of the registry (`llmkit.registry.StageSpec.lab`) on the preference task, and those of the
+# stages that sample answers again on the verifiable task, rewarded by the exact-answer check.
+ENTRIES = tuple(Entry(e.name, s.name, "preferences", dict(e.overrides), e.what) for s in REGISTRY for e in s.lab) + tuple(
+    Entry(f"{e.name}_verifier", s.name, "verifiable", {**e.overrides, "reward": "verifier"}, e.what)
+    for s in REGISTRY if s.samples for e in s.lab)
 
 
 def config_of(entry: Entry, preset: str = "tiny", **overrides):
     """The stage config of an entry: the stage's preset with the entry's settings and `overrides`."""
-    settings = {**entry.overrides, **overrides, "stage_name": f"lab-{entry.name}"}
-    if entry.stage == "ppo":
-        return ppo.config_for(preset, **settings)
-    return trl_methods.config_for(entry.stage, preset, **settings)
+    return stage(entry.stage).config_for(preset, **{**entry.overrides, **overrides, "stage_name": f"lab-{entry.name}"})
 
 
 def run_entry(entry: Entry, run_dir: str | Path, preset: str = "tiny", progress: bool = False,
               **overrides) -> dict:
     """Run one entry (or reuse its finished folder) and return its row of the table."""
     config = config_of(entry, preset, **overrides)
-    module = ppo if entry.stage == "ppo" else trl_methods
     times = Path(run_dir) / "lab_times.json"  # the wall time of each entry, training and evaluation, for a lab
     known = json.loads(times.read_text()) if times.exists() else {}  # that resumes
     start = time.perf_counter()
-    result = module.run(config, run_dir, progress=progress)
+    result = stage(entry.stage).run(config, run_dir, progress=progress)
     if not result.reused or entry.name not in known:
         known[entry.name] = None if result.reused else time.perf_counter() - start
         if runs.is_main_process():

@@ -1,12 +1,12 @@
-"""Model presets: standard transformers LLaMA models whose size follows from one dial, the depth.
+"""Model sizes: standard transformers LLaMA models whose size follows from one dial, the depth.
 
-A preset is a plain `LlamaConfig` (RMSNorm, RoPE, SwiGLU, tied embeddings, sdpa attention), so every
+A model is a plain `LlamaConfig` (RMSNorm, RoPE, SwiGLU, tied embeddings, sdpa attention), so every
 checkpoint llmkit writes is an ordinary `save_pretrained` folder that `AutoModelForCausalLM` loads.
 
 The dial (after nanochat): width = 64 · depth, one attention head per 64 dimensions, a SwiGLU hidden size
 of 8/3 · width (rounded to a multiple of 64, so the MLP has the parameters of a 4× GELU MLP), and a peak
 learning rate that shrinks with width (∝ 1/√width, anchored at 3e-3 for width 256 — small models tolerate
-large steps). Depth 3 is the CPU `tiny` preset (~1.75 M parameters with the bundled 2k vocabulary); depth 12
+large steps). Depth 3 is the CPU `tiny` size (~1.75 M parameters with the bundled 2k vocabulary); depth 12
 with GPT-2's 50k vocabulary is GPT-2-small-sized (~124 M).
 """
 
@@ -15,9 +15,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
 
 @dataclass(frozen=True)
-class ModelPreset:
+class ModelSize:
     depth: int
     seq_len: int
     batch_size: int  # sequences per optimizer step, before gradient accumulation is split out
@@ -34,21 +37,19 @@ class ModelPreset:
         return 3e-3 * math.sqrt(256 / self.width)
 
 
-PRESETS: dict[str, ModelPreset] = {
+MODEL_SIZES: dict[str, ModelSize] = {
     # CPU, the embedded default: batches of 8, weight decay 1.0 on the matrices, depth 3, AdamW. Why each, with
     # the runs that decided it: docs/decisions.md.
-    "tiny": ModelPreset(depth=3, seq_len=128, batch_size=8, weight_decay=1.0),
-    "small": ModelPreset(depth=8, seq_len=512, batch_size=64),  # one consumer GPU, ~30 M
+    "tiny": ModelSize(depth=3, seq_len=128, batch_size=8, weight_decay=1.0),
+    "small": ModelSize(depth=8, seq_len=512, batch_size=64),  # one consumer GPU, ~30 M
     # GPT-2-small-sized, ~124 M with a 50k vocab. Micro-batches of 32: 23 GiB, 0.97x the speed of 64 (45 GiB) on
     # an H200 compiled in bf16 (benchmarks/gpu_throughput.py); the whole batch of 256 in one pass fits no GPU.
-    "gpt2": ModelPreset(depth=12, seq_len=1024, batch_size=256, micro_batch_size=32),
+    "gpt2": ModelSize(depth=12, seq_len=1024, batch_size=256, micro_batch_size=32),
 }
 
 
 def llama_config(depth: int, vocab_size: int, max_position_embeddings: int = 2048, **overrides):
     """A LlamaConfig from the depth dial (see the module docstring)."""
-    from transformers import LlamaConfig
-
     width = 64 * depth
     hidden = 64 * round(8 / 3 * width / 64)
     cfg = dict(
@@ -66,9 +67,6 @@ def build_model(depth: int, tokenizer, max_position_embeddings: int = 2048, seed
                 vocab_size: int | None = None, **overrides):
     """A freshly initialised LlamaForCausalLM sized by `depth`, matched to `tokenizer`'s vocabulary (or to a larger
     `vocab_size`, whose extra rows the tokenizer never uses)."""
-    import torch
-    from transformers import LlamaForCausalLM
-
     config = llama_config(depth, vocab_size or len(tokenizer), max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **overrides)
     torch.manual_seed(seed)
@@ -106,8 +104,5 @@ def flops_per_token(model, seq_len: int) -> float:
 
 def load_causal_lm(path, device=None):
     """A local checkpoint as a float32 causal LM in eval mode, on `device` (default: where it loads, the CPU)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     return (model.to(device) if device is not None else model).eval()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmkit import world as W
+from llmkit.loaders import bundled_path
 from llmkit.verifier import is_correct
 
 RUDE_MARKERS = [
@@ -50,8 +51,6 @@ class Oracle:
 
     def __init__(self, world: W.World | str | Path | None = None):
         if world is None:
-            from llmkit.loaders import bundled_path
-
             world = bundled_path("world.json")
         self.world = world if isinstance(world, W.World) else W.World.load(world)
         self._patterns = W.question_patterns()

@@ -31,234 +31,177 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
 
-from llmkit import runs
-from llmkit.config import StageConfig, configure, option
-from llmkit.curves import save_curves
-from llmkit.loaders import read_jsonl
-from llmkit.model import PRESETS as MODEL_PRESETS
-from llmkit.model import build_model, flops_per_token, load_causal_lm, parameter_counts
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from datasets import Dataset, load_from_disk
+from safetensors.torch import load_model, save_model
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from llmkit import lifecycle, runs
+from llmkit import world as W
+from llmkit.generation import greedy_continuations
+from llmkit.loaders import Rejects, bundled_path, load_documents, read_jsonl
+from llmkit.model import (
+    MODEL_SIZES,
+    build_model,
+    flops_per_token,
+    load_causal_lm,
+    parameter_count,
+    parameter_counts,
+)
+from llmkit.muon import Muon
+from llmkit.options.pretrain import PRESETS, PretrainConfig, config_for
 from llmkit.runs import StageError
-from llmkit.tokenizer import tokenizer_fingerprint
-
-if TYPE_CHECKING:
-    import torch
-
-OPTIMIZERS = ("adamw", "muon")  # for the transformer's matrices; norms and embeddings always get AdamW
+from llmkit.tokenizer import load_tokenizer, pack_sequences, tokenizer_fingerprint, train_tokenizer
+from llmkit.training import precision
 
 
 @dataclass
-class PretrainConfig(StageConfig):
-    STAGE: ClassVar[str] = "pretrain"
-
-    model_preset: str = option("tiny", "model size and batch defaults: one of llmkit.model.PRESETS",
-                               choices=tuple(MODEL_PRESETS))
-    depth: int | None = option(None, "model depth, overriding the preset's (width, heads and learning rate follow)")
-    base_model: str | None = option(None, "a local transformers causal-LM folder to continue pretraining from")
-    data: str | None = option(None, "a blocks folder, or text files/folders to tokenize (default: RUN_DIR/data/blocks)")
-    text_field: str | None = option(None, "field holding the text in jsonl/parquet data")
-    seq_len: int | None = option(None, "tokens per training row (default: the model preset's); documents are re-packed")
-    batch_size: int | None = option(None, "sequences per optimizer step, over all devices (default: the model preset's)")
-    micro_batch_size: int | None = option(None, "sequences per forward pass on one device (default: the model preset's)")
-    max_steps: int = option(1100, "optimizer steps")
-    learning_rate: float | None = option(None, "peak learning rate (default: the model preset's, from its width)")
-    warmup_steps: int = option(30, "steps of linear warmup")
-    min_lr_ratio: float = option(0.1, "the cosine schedule ends at this fraction of the peak")
-    weight_decay: float | None = option(None, "AdamW's, on the transformer's matrices (default: the model "
-                                              "preset's: 1.0 for tiny, else 0.1)")
-    grad_clip: float = option(1.0, "gradient norm clipping")
-    optimizer: str | None = option(None, "for the transformer's matrices: adamw, or muon (fewer steps); default: "
-                                         "the model preset's", choices=(None, *OPTIMIZERS))
-    eval_every: int = option(100, "steps between validation measurements")
-    eval_sequences: int = option(64, "validation rows per measurement")
-    save_every: int = option(100, "steps between checkpoints (an interrupted run resumes from the last)")
-    early_stopping: int | None = option(3, "when the validation loss has risen for this many evaluations in a row, "
-                                           "stop and keep the weights of the best one (none: train every step)")
-    sample_prompts: list[str] = option(default_factory=list, help="prompts to sample continuations of at the end "
-                                                                   "(default: a few closed-world or corpus prompts)")
-    closed_world: bool | None = option(None, "measure fact completion on the closed world (default: when the data "
-                                             "is the bundled closed world)")
-    mixed_precision: str = option("auto", "auto (bf16 on a GPU that has it), bf16, fp16 or no",
-                                  choices=("auto", "bf16", "fp16", "no"))
-    compile: bool = option(False, "torch.compile the model (GPU; on a CPU the compile time outweighs the gain)")
-    keep_checkpoints: bool = option(False, "keep .../pretrain/checkpoints after finishing")
-    seed: int = option(0, "seed of the initialisation and the data order")
+class PretrainInputs:
+    accelerator: Accelerator
+    tokenizer: object
+    model: torch.nn.Module
+    blocks: torch.Tensor  # training rows (rows, block length)
+    val: torch.Tensor
+    bytes_per_token: float
+    preset: object  # the model size (llmkit.model.ModelSize) with the config's depth
 
 
-# Stage presets: the model presets of llmkit.model with the steps that go with them, and "smoke" (a two-layer
-# model, a few steps) for tests. small and gpt2 are GPU starting points for a corpus of your own.
-PRESETS: dict[str, dict] = {
-    "smoke": {"model_preset": "tiny", "depth": 2, "max_steps": 20, "eval_every": 10, "save_every": 10,
-              "batch_size": 16},
-    "tiny": {"model_preset": "tiny"},  # the 4-minute budget on 2 CPU cores
-    "small": {"model_preset": "small", "max_steps": 5000, "warmup_steps": 200, "eval_every": 250, "save_every": 500},
-    "gpt2": {"model_preset": "gpt2", "max_steps": 10000, "warmup_steps": 500, "eval_every": 500, "save_every": 1000},
-}
-
-
-def config_for(preset: str = "tiny", **overrides) -> PretrainConfig:
-    return configure(PretrainConfig, PRESETS, preset, overrides)
-
-
-def run(config: PretrainConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
-        callbacks: tuple = ()) -> runs.StageResult:
-    """Train (or resume training) and write RUN_DIR/pretrain. `callbacks`: objects with `on_log(record)`,
-    called with every log record (the live monitor in widgets/ is one)."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from safetensors.torch import load_model, save_model
-
-    from llmkit.generation import greedy_continuations
-    from llmkit.training import precision
-
+def read_inputs(config: PretrainConfig, run_dir: Path, rejects: Rejects) -> PretrainInputs:
+    """The model (new, or the base model to continue) and its tokenizer, and the training and validation rows,
+    checked against each other."""
     preset = model_preset(config)
-    optimizer_name = config.optimizer or preset.optimizer
-    out = runs.Stage(run_dir, config.output_name, overwrite, resumable=True)
-    if out.reusable:
-        return out.reuse()
-    run_dir = Path(run_dir)
     runs.world_size()  # join a launcher's process group first: an Accelerator made before it on CPUs runs alone
     # The schedule counts optimizer steps, which are the same on any number of processes (accelerate's default
     # would step it once per process per step, running the warmup and decay N times too fast).
     accelerator = Accelerator(mixed_precision=precision(config.mixed_precision), step_scheduler_with_optimizer=False)
     set_seed(config.seed)
-    tokenizer, model = _model_and_tokenizer(config, run_dir, preset.depth)  # bad input: nothing written yet
-    blocks, val, bytes_per_token = load_training_data(config, run_dir, tokenizer, preset.seq_len)
+    tokenizer, model = _model_and_tokenizer(config, run_dir, preset.depth, rejects)
+    blocks, val, bytes_per_token = load_training_data(config, run_dir, tokenizer, preset.seq_len, rejects)
     check_vocabulary(blocks, model)
-    with out:
-        work = out.work
-        seq_len = config.seq_len or preset.seq_len
-        train = PackedEpochs(split_documents(blocks, tokenizer.bos_token_id), seq_len, config.seed)
-        val = val.flatten()[: len(val.flatten()) // seq_len * seq_len].view(-1, seq_len)
-        if config.compile:
-            model = torch.compile(model)
+    return PretrainInputs(accelerator, tokenizer, model, blocks, val, bytes_per_token, preset)
 
-        world_size = accelerator.num_processes
-        batch = config.batch_size or preset.batch_size
-        micro, accumulation = runs.split_batch(batch, config.micro_batch_size or preset.micro_batch_size, world_size)
-        lr = config.learning_rate or preset.learning_rate
 
-        # Weight decay on the transformer's matrices only: not on norms, and not on the token embeddings (tied to
-        # the output layer), where it shrinks every token's vector and flattens the output distribution — sampled
-        # answers then run on past the end of turn (measured: 23 % instead of 100 % ending with EOS at T = 0.7).
-        embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
-        decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embeddings]
-        no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in embeddings]
-        weight_decay = config.weight_decay if config.weight_decay is not None else preset.weight_decay
-        optimizers = _optimizers(optimizer_name, decay, no_decay, lr, weight_decay,
-                                 fused=accelerator.device.type == "cuda")
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, config)) for o in optimizers]
-        model, *prepared = accelerator.prepare(model, *optimizers, *schedulers)
-        optimizers, schedulers = prepared[:len(optimizers)], prepared[len(optimizers):]
+def train(config: PretrainConfig, inputs: PretrainInputs, work: lifecycle.Work) -> dict:
+    accelerator, tokenizer, model, blocks, preset = (inputs.accelerator, inputs.tokenizer, inputs.model,
+                                                     inputs.blocks, inputs.preset)
+    optimizer_name = config.optimizer or preset.optimizer
+    seq_len = config.seq_len or preset.seq_len
+    train_rows = PackedEpochs(split_documents(blocks, tokenizer.bos_token_id), seq_len, config.seed)
+    val = inputs.val.flatten()[: len(inputs.val.flatten()) // seq_len * seq_len].view(-1, seq_len)
+    if config.compile:
+        model = torch.compile(model)
 
-        checkpoints = work / "checkpoints"
-        start_step, elapsed, watch = resume_from(checkpoints, accelerator)
-        log = runs.LogWriter(work / "log.jsonl", callbacks)
-        log.keep_until(start_step)  # forget what came after the checkpoint
-        runs.keep_log_until(work / "ranks" / f"rank{accelerator.process_index}.jsonl", start_step)
+    world_size = accelerator.num_processes
+    batch = config.batch_size or preset.batch_size
+    micro, accumulation = runs.split_batch(batch, config.micro_batch_size or preset.micro_batch_size, world_size)
+    lr = config.learning_rate or preset.learning_rate
 
-        n_flops = flops_per_token(accelerator.unwrap_model(model), seq_len)
-        peak = peak_flops(accelerator.device) * world_size  # tokens/s counts every process's tokens
-        closed_world = config.closed_world if config.closed_world is not None else _is_closed_world(config, run_dir)
-        prompts = config.sample_prompts or _default_prompts(closed_world, tokenizer, val)
+    # Weight decay on the transformer's matrices only: not on norms, and not on the token embeddings (tied to
+    # the output layer), where it shrinks every token's vector and flattens the output distribution — sampled
+    # answers then run on past the end of turn (measured: 23 % instead of 100 % ending with EOS at T = 0.7).
+    embeddings = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embeddings]
+    no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in embeddings]
+    weight_decay = config.weight_decay if config.weight_decay is not None else preset.weight_decay
+    optimizers = _optimizers(optimizer_name, decay, no_decay, lr, weight_decay,
+                             fused=accelerator.device.type == "cuda")
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, config)) for o in optimizers]
+    model, *prepared = accelerator.prepare(model, *optimizers, *schedulers)
+    optimizers, schedulers = prepared[:len(optimizers)], prepared[len(optimizers):]
 
-        bar = _progress(progress and accelerator.is_main_process, config.max_steps, start_step)
-        model.train()
-        tokens_seen = start_step * batch * seq_len
-        window_start, window_tokens = time.perf_counter(), 0
-        for step in range(start_step, config.max_steps):
-            mine = train.rows(step, batch)[accelerator.process_index::world_size]
-            step_loss = torch.zeros((), device=accelerator.device)
-            for k in range(accumulation):
-                x = mine[k * micro:(k + 1) * micro].to(accelerator.device)
-                with accelerator.autocast():
-                    loss = model(input_ids=x, labels=x).loss / accumulation
-                accelerator.backward(loss)
-                step_loss += loss.detach()
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
-            for optimizer, scheduler in zip(optimizers, schedulers):
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            tokens_seen += batch * seq_len
-            window_tokens += batch * seq_len
-            done = step + 1
-            bar.update(1)
+    checkpoints = work.dir / "checkpoints"
+    start_step, elapsed, watch = resume_from(checkpoints, accelerator)
+    log = work.log
+    log.keep_until(start_step)  # forget what came after the checkpoint
+    runs.keep_log_until(work.dir / "ranks" / f"rank{accelerator.process_index}.jsonl", start_step)
 
-            if done % config.eval_every == 0 or done == config.max_steps or done == 1:
-                if world_size > 1:  # each process's own share of the batch, beside the averaged log.jsonl
-                    rank_log(work, accelerator.process_index, {"step": done, "loss": step_loss.item(),
+    n_flops = flops_per_token(accelerator.unwrap_model(model), seq_len)
+    peak = peak_flops(accelerator.device) * world_size  # tokens/s counts every process's tokens
+    prompts = config.sample_prompts or _default_prompts(work.closed_world, tokenizer, val)
+
+    bar = _progress(work.progress, config.max_steps, start_step)
+    model.train()
+    tokens_seen = start_step * batch * seq_len
+    window_start, window_tokens = time.perf_counter(), 0
+    for step in range(start_step, config.max_steps):
+        mine = train_rows.rows(step, batch)[accelerator.process_index::world_size]
+        step_loss = torch.zeros((), device=accelerator.device)
+        for k in range(accumulation):
+            x = mine[k * micro:(k + 1) * micro].to(accelerator.device)
+            with accelerator.autocast():
+                loss = model(input_ids=x, labels=x).loss / accumulation
+            accelerator.backward(loss)
+            step_loss += loss.detach()
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        for optimizer, scheduler in zip(optimizers, schedulers):
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        tokens_seen += batch * seq_len
+        window_tokens += batch * seq_len
+        done = step + 1
+        bar.update(1)
+
+        if done % config.eval_every == 0 or done == config.max_steps or done == 1:
+            if world_size > 1:  # each process's own share of the batch, beside the averaged log.jsonl
+                rank_log(work.dir, accelerator.process_index, {"step": done, "loss": step_loss.item(),
                                                                "rows": len(mine), "tokens": mine.numel()})
-                train_loss = accelerator.reduce(step_loss, "mean").item()
-                seconds = time.perf_counter() - window_start
-                elapsed += seconds
-                tps = window_tokens / seconds
-                record = {"step": done, "tokens": tokens_seen, "loss": train_loss,  # loss: this step's batch
-                          "lr": schedulers[-1].get_last_lr()[0],
-                          "grad_norm": float(grad_norm), "tokens_per_s": tps, "mfu": tps * n_flops / peak,
-                          "elapsed_s": elapsed}
-                val_loss = evaluate_loss(model, val, micro, accelerator, config.eval_sequences)
-                record.update(val_loss=val_loss, val_bpb=val_loss / (math.log(2) * bytes_per_token))
-                log.write(record)
-                bar.set_postfix(loss=f"{train_loss:.3f}", val_bpb=f"{record['val_bpb']:.3f}", tok_s=f"{tps:.0f}")
-                if watch.update(done, val_loss) and config.early_stopping and accelerator.is_main_process:
-                    save_model(accelerator.unwrap_model(model), str(work / BEST))  # the weights to fall back on
-                window_start, window_tokens = time.perf_counter(), 0
-            stop = bool(config.early_stopping) and watch.worse >= config.early_stopping
-            if done % config.save_every == 0 or done == config.max_steps or stop:
-                saving = time.perf_counter()
-                save_checkpoint(checkpoints, done, elapsed, accelerator, watch)
-                window_start += time.perf_counter() - saving  # saving is not training time
-            if stop:  # the validation loss rose `early_stopping` evaluations in a row: the model memorises
-                break
-        bar.close()
+            train_loss = accelerator.reduce(step_loss, "mean").item()
+            seconds = time.perf_counter() - window_start
+            elapsed += seconds
+            tps = window_tokens / seconds
+            record = {"step": done, "tokens": tokens_seen, "loss": train_loss,  # loss: this step's batch
+                      "lr": schedulers[-1].get_last_lr()[0],
+                      "grad_norm": float(grad_norm), "tokens_per_s": tps, "mfu": tps * n_flops / peak,
+                      "elapsed_s": elapsed}
+            val_loss = evaluate_loss(model, val, micro, accelerator, config.eval_limit)
+            record.update(val_loss=val_loss, val_bpb=val_loss / (math.log(2) * inputs.bytes_per_token))
+            log.write(record)
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_bpb=f"{record['val_bpb']:.3f}", tok_s=f"{tps:.0f}")
+            if watch.update(done, val_loss) and config.early_stopping and accelerator.is_main_process:
+                save_model(accelerator.unwrap_model(model), str(work.dir / BEST))  # the weights to fall back on
+            window_start, window_tokens = time.perf_counter(), 0
+        stop = bool(config.early_stopping) and watch.worse >= config.early_stopping
+        if done % config.save_every == 0 or done == config.max_steps or stop:
+            saving = time.perf_counter()
+            save_checkpoint(checkpoints, done, elapsed, accelerator, watch)
+            window_start += time.perf_counter() - saving  # saving is not training time
+        if stop:  # the validation loss rose `early_stopping` evaluations in a row: the model memorises
+            break
+    bar.close()
 
-        accelerator.wait_for_everyone()
-        metrics = {}
-        result = runs.StageResult(out.name, out.final, metrics)
-        if accelerator.is_main_process:
-            model = accelerator.unwrap_model(model)
-            model.eval()
-            fell_back = watch.worse > 0 and (work / BEST).exists()
-            if fell_back:
-                load_model(model, str(work / BEST))
-            metrics = _final_metrics(work / "log.jsonl", model, seq_len, n_flops, peak)
-            metrics.update(learning_rate=lr, weight_decay=weight_decay, batch_size=batch, optimizer=optimizer_name)
-            metrics.update(data_guardrails(metrics, watch, blocks.numel(), bytes_per_token, fell_back, preset,
-                                           len(tokenizer)))
-            samples = [{"prompt": p, "continuation": c}
-                       for p, c in zip(prompts, greedy_continuations(model, tokenizer, prompts, max_new_tokens=24))]
-            log.write({"step": metrics["steps"], "samples": samples})
-            metrics["samples"] = samples
-            if closed_world:
-                from llmkit.evaluate import fact_completion
-
-                fc = fact_completion(model, tokenizer)
-                metrics["fact_completion"] = fc["fact_completion"]
-                metrics["fact_completion_by_attribute"] = {k: v for k, v in fc.items()
-                                                           if k not in ("fact_completion", "examples")}
-                metrics["fact_completion_examples"] = fc["examples"]
-            getattr(model, "_orig_mod", model).save_pretrained(work, safe_serialization=True)
-            tokenizer.save_pretrained(work)
-            (work / BEST).unlink(missing_ok=True)
-            save_curves(work)
-            if not config.keep_checkpoints:
-                shutil.rmtree(checkpoints, ignore_errors=True)
-            result = out.commit(config, metrics)
-        accelerator.wait_for_everyone()
-        return result
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return {}
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    fell_back = watch.worse > 0 and (work.dir / BEST).exists()
+    if fell_back:
+        load_model(model, str(work.dir / BEST))
+    metrics = _final_metrics(work.dir / "log.jsonl", model, seq_len, n_flops, peak)
+    metrics.update(learning_rate=lr, weight_decay=weight_decay, batch_size=batch, optimizer=optimizer_name)
+    metrics.update(data_guardrails(metrics, watch, blocks.numel(), inputs.bytes_per_token, fell_back, preset,
+                                   len(tokenizer)))
+    samples = [{"prompt": p, "continuation": c}
+               for p, c in zip(prompts, greedy_continuations(model, tokenizer, prompts, max_new_tokens=24))]
+    log.write({"step": metrics["steps"], "samples": samples})
+    metrics["samples"] = samples
+    getattr(model, "_orig_mod", model).save_pretrained(work.dir, safe_serialization=True)
+    tokenizer.save_pretrained(work.dir)
+    (work.dir / BEST).unlink(missing_ok=True)
+    if not config.keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return metrics
 
 
 def _optimizers(name: str, matrices: list, others: list, lr: float, weight_decay: float, fused: bool) -> list:
     """AdamW for everything, or Muon (orthogonalised momentum, Jordan et al. 2024) for the transformer's matrices
     beside AdamW for the embeddings and norms. Muon's step is scaled to AdamW's RMS ("match_rms_adamw"), so
     the same peak learning rate and schedule serve both."""
-    import torch
-
-    from llmkit.muon import Muon
-
     if name == "adamw":
         return [torch.optim.AdamW([{"params": matrices, "weight_decay": weight_decay},
                                    {"params": others, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95), fused=fused)]
@@ -300,8 +243,6 @@ def data_guardrails(metrics: dict, watch: ValidationWatch, train_tokens: int, by
     """Tokens per parameter and epochs over the data, the best validation step, and warnings: when the validation
     loss rose (the model memorised its data; the best step's weights are the ones kept) and when the data is far
     too small for the model (with the depth that would suit it)."""
-    from llmkit.model import parameter_count
-
     params = metrics["parameters"]["total"]
     epochs = metrics["tokens"] / max(train_tokens, 1)
     out = {"train_tokens": train_tokens, "epochs": epochs, "tokens_per_parameter": metrics["tokens"] / params,
@@ -350,8 +291,6 @@ class PackedEpochs:
         self._cache: tuple[int, torch.Tensor] | None = None
 
     def epoch(self, e: int) -> torch.Tensor:
-        import torch
-
         if self._cache is None or self._cache[0] != e:
             order = torch.randperm(len(self.docs), generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
             stream = torch.cat([self.docs[i] for i in order.tolist()])
@@ -359,8 +298,6 @@ class PackedEpochs:
         return self._cache[1]
 
     def rows(self, step: int, batch: int) -> torch.Tensor:
-        import torch
-
         out = []
         for i in range(step * batch, (step + 1) * batch):
             e, r = divmod(i, self.rows_per_epoch)
@@ -378,15 +315,11 @@ def split_documents(blocks: torch.Tensor, bos_id: int) -> list[torch.Tensor]:
 
 
 # ---- data -----------------------------------------------------------------------------------------
-def load_training_data(config: PretrainConfig, run_dir: Path, tokenizer, default_seq_len: int):
+def load_training_data(config: PretrainConfig, run_dir: Path, tokenizer, default_seq_len: int,
+                       rejects: Rejects | None = None):
     """(train, validation) packed blocks as int64 tensors (rows, block length), and bytes per token."""
-    import torch
-    from datasets import Dataset, load_from_disk
-
-    from llmkit.tokenizer import pack_sequences
-
     data_stage = run_dir / "data"
-    source = Path(config.data) if config.data else None
+    source = Path(config.train_data) if config.train_data else None
     if source is None and config.base_model:
         source = data_stage / "documents.jsonl"  # the data stage's clean text, tokenized for this model
     if source is None or _is_blocks(source):
@@ -394,19 +327,17 @@ def load_training_data(config: PretrainConfig, run_dir: Path, tokenizer, default
         if not blocks_dir.exists():
             raise StageError(
                 f"{blocks_dir} does not exist: run the data stage first (llmkit data --run-dir {run_dir}) "
-                "or pass data= / --data with a blocks folder or text files"
+                "or pass train_data / --train-data with a blocks folder or text files"
             )
         _check_tokenizer_matches(blocks_dir, tokenizer)
         blocks = load_from_disk(str(blocks_dir))
-        train = torch.tensor(blocks["train"]["input_ids"], dtype=torch.long)
+        train = torch.tensor(blocks["train"]["input_ids"][: config.max_examples], dtype=torch.long)
         val = torch.tensor(blocks["validation"]["input_ids"], dtype=torch.long)
         metrics_file = blocks_dir.parent / "metrics.json"
         bpt = json.loads(metrics_file.read_text())["validation_bytes_per_token"] if metrics_file.exists() else None
         return train, val, bpt or _bytes_per_token(tokenizer, val)
 
-    from llmkit.loaders import load_documents
-
-    docs, _ = load_documents(source, config.text_field)
+    docs, _ = load_documents(source, config.text_field, config.max_examples, rejects=rejects)
     if not docs:
         raise StageError(f"{source}: no documents to train on")
     seq_len = config.seq_len or default_seq_len
@@ -436,7 +367,8 @@ def _check_tokenizer_matches(blocks_dir: Path, tokenizer) -> None:
         raise StageError(
             f"{blocks_dir} was tokenized with a different tokenizer than the model's ({stamp.read_text().strip()} "
             f"vs {tokenizer_fingerprint(tokenizer)}): token ids would mean different things. Train on text "
-            "instead (data= a text/jsonl path, or the data stage's documents.jsonl) so it is tokenized for this model"
+            "instead (train_data= a text/jsonl path, or the data stage's documents.jsonl) so it is tokenized for this "
+            "model"
         )
 
 
@@ -457,47 +389,38 @@ def _bytes_per_token(tokenizer, blocks: torch.Tensor) -> float:
 
 # ---- model ----------------------------------------------------------------------------------------
 def model_preset(config: PretrainConfig):
-    """The model preset (llmkit.model.PRESETS) the config names, with its depth overridden if the config says so."""
-    preset = MODEL_PRESETS[config.model_preset]
+    """The model size (llmkit.model.MODEL_SIZES) the config names, with its depth overridden if the config says so."""
+    preset = MODEL_SIZES[config.model_size]
     if config.depth:
-        import dataclasses
-
         preset = dataclasses.replace(preset, depth=config.depth)
     return preset
 
 
-def _model_and_tokenizer(config: PretrainConfig, run_dir: Path, depth: int):
-    from llmkit.tokenizer import load_tokenizer
-
+def _model_and_tokenizer(config: PretrainConfig, run_dir: Path, depth: int, rejects: Rejects | None = None):
     if config.base_model:
-        from transformers import AutoTokenizer
-
         path = runs.model_folder(config.base_model, None, "base model", "give base_model a local transformers "
                                                                          "causal-LM folder")
         return AutoTokenizer.from_pretrained(path, local_files_only=True), load_causal_lm(path)
     tok_dir = run_dir / "data" / "tokenizer"
     if tok_dir.exists():
         tokenizer = load_tokenizer(tok_dir)
-    elif config.data and not _is_blocks(Path(config.data)):
-        tokenizer = _tokenizer_for_text(config)  # plain text and no data stage: train a BPE on the text itself
+    elif config.train_data and not _is_blocks(Path(config.train_data)):
+        tokenizer = _tokenizer_for_text(config, rejects)  # plain text and no data stage: a BPE trained on the text
     else:
-        raise StageError(f"{tok_dir} does not exist: run the data stage first, or give data= text files or base_model")
+        raise StageError(f"{tok_dir} does not exist: run the data stage first, or give train_data= text files or "
+                         "base_model")
     return tokenizer, build_model(depth, tokenizer, seed=config.seed)
 
 
-def _tokenizer_for_text(config: PretrainConfig):
-    from llmkit.loaders import load_documents
-    from llmkit.tokenizer import train_tokenizer
-
-    docs, _ = load_documents(config.data, config.text_field)
+def _tokenizer_for_text(config: PretrainConfig, rejects: Rejects | None = None):
+    docs, _ = load_documents(config.train_data, config.text_field, config.max_examples,
+                             rejects=Rejects(rejects.max_fraction) if rejects else None)
     return train_tokenizer((d["text"] for d in docs), vocab_size=4096)
 
 
 # ---- evaluation, sampling, checkpoints -----------------------------------------------------------
 def evaluate_loss(model, val: torch.Tensor, micro: int, accelerator, max_sequences: int) -> float:
-    """Mean validation loss (nats per token) over the first `max_sequences` validation rows."""
-    import torch
-
+    """Mean validation loss (nats per token) over the first `max_sequences` validation rows (None: all)."""
     model.eval()
     rows = val[:max_sequences]
     mine = rows[accelerator.process_index::accelerator.num_processes]
@@ -559,20 +482,10 @@ def resume_from(checkpoints: Path, accelerator) -> tuple[int, float, ValidationW
 
 def _default_prompts(closed_world: bool, tokenizer, val: torch.Tensor) -> list[str]:
     if closed_world:
-        from llmkit import world as W
-        from llmkit.loaders import bundled_path
-
         world = W.World.load(bundled_path("world.json"))
         p, u = world.people[0], world.universities[0]
         return [f"{p.name} was born in", f"{u.name} is a university in", "The river"]
     return [tokenizer.decode(row[1:9].tolist(), skip_special_tokens=True) for row in val[:3]]
-
-
-def _is_closed_world(config: PretrainConfig, run_dir: Path) -> bool:
-    if config.data or config.base_model:
-        return False
-    cfg = runs.read_stage_config(run_dir / "data")
-    return cfg is not None and cfg.get("corpus") is None
 
 
 _PEAK_CACHE: dict[str, float] = {}
@@ -582,8 +495,6 @@ NOMINAL_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e
 
 def peak_flops(device: torch.device) -> float:
     """Peak FLOP/s for MFU: a GPU's nominal bf16 peak when known, else a measured fp32 matmul peak."""
-    import torch
-
     key = str(device)
     if key not in _PEAK_CACHE:
         if device.type == "cuda":
@@ -599,8 +510,6 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype | None = None,
                          seconds: float = 0.5) -> float:
     """Best observed FLOP/s of an n×n matmul on `device` (float32 unless `dtype`) — the practical peak a
     training step can reach."""
-    import torch
-
     dtype = dtype or torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -633,6 +542,9 @@ def _final_metrics(log_path: Path, model, seq_len: int, n_flops: float, peak: fl
 
 
 def _progress(show: bool, total: int, start: int):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=start, desc="pretrain", disable=not show, leave=False)
+
+
+# The stage's life in its run folder (reuse, read the inputs, train, measure, commit): llmkit.lifecycle
+run = lifecycle.runner(read_inputs, train, "Train (or resume training) and write RUN_DIR/pretrain.")
+__all__ = ["PRESETS", "PretrainConfig", "config_for", "run"]  # its options: llmkit.options.pretrain

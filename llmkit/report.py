@@ -3,8 +3,10 @@ the warnings a stage left in its metrics.json (`"warnings": [...]`: a corpus far
 that ran out of tokens) and its curves — and the same measurements as the one line a stage prints when it
 finishes.
 
-What each stage reports is declared once, as `Row`s in the pipeline's registry (`llmkit.pipeline`); this module
-only reads the stage folders' metrics.json against them, so a report can be rewritten at any time.
+What each stage reports is declared once, as `Row`s of its measurements (`llmkit.measures`); this module only
+reads the stage folders' metrics.json against them, so a report can be rewritten at any time. Every bar was set
+on the closed world: a verdict is given only where a folder's inputs were the closed world (its
+stage_config.json says so); on other data a row shows its value alone.
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ class Row:
     min_gain: float | None = None
     hide_zero: bool = False
 
-    def verdict(self, metrics: dict) -> str:
-        """"met", "**not met**", or "" where the row has no bar."""
+    def verdict(self, metrics: dict, closed_world: bool = True) -> str:
+        """"met", "**not met**", or "" where the row has no bar, or its bar (set on the closed world) does not apply:
+        the stage's inputs were not the closed world."""
+        if not closed_world:
+            return ""
         value = metrics[self.key]
         checks = []
         if self.at_least is not None:
@@ -75,22 +80,24 @@ class Row:
         return shown
 
 
-def summary(rows: tuple[Row, ...], metrics: dict) -> str:
-    """The stage's measurements on one line: "label value (beside) [bar: verdict]" for each it has."""
+def summary(rows: tuple[Row, ...], metrics: dict, closed_world: bool = True) -> str:
+    """The stage's measurements on one line: "label value (beside) [bar: verdict]" for each it has (the bars only
+    on the closed world)."""
     parts = []
     for row in rows:
         shown = row.value(metrics)
         if shown is not None:
-            verdict = row.verdict(metrics)
+            verdict = row.verdict(metrics, closed_world)
             parts.append(f"{row.label} {shown}" + (f" [{row.bar()}: {verdict.strip('*')}]" if verdict else ""))
     return " · ".join(parts)
 
 
-def write_report(run_dir: str | Path, sections: list[tuple[str, tuple[Row, ...]]],
+def write_report(run_dir: str | Path, sections: list[tuple[str, tuple[Row, ...], bool]],
                  timings: dict[str, float | None] | None = None, peak_flops: float | None = None,
                  answers: list[dict] = ()) -> Path:
     """Write RUN_DIR/report.md: a table row per measurement of each finished folder in `sections` (folder name,
-    its rows), its curves, and the wall time of the stages run this time. `timings`: folder -> seconds this run
+    its rows, whether its inputs were the closed world: the bars apply), its curves, and the wall time of the
+    stages run this time. `timings`: folder -> seconds this run
     (None: reused). `peak_flops`: the machine's measured matmul peak, beside the wall time. `answers`: rows
     {"prompt", "answers": {folder: text}}, shown side by side."""
     run_dir = Path(run_dir)
@@ -98,7 +105,7 @@ def write_report(run_dir: str | Path, sections: list[tuple[str, tuple[Row, ...]]
     lines = [f"# llmkit run report: {run_dir}", "",
              "| stage | measurement | value | bar | verdict | wall time this run |", "|---|---|---:|---|---|---:|"]
     plots, warnings = [], []
-    for folder_name, rows in sections:
+    for folder_name, rows, closed_world in sections:
         folder = runs.stage_dir(run_dir, folder_name)
         if not runs.finished(folder):
             continue
@@ -111,11 +118,17 @@ def write_report(run_dir: str | Path, sections: list[tuple[str, tuple[Row, ...]]
             shown = row.value(metrics)
             if shown is None:
                 continue
-            lines.append(f"| {folder_name if first else ''} | {row.label} | {shown} | {row.bar()} | "
-                         f"{row.verdict(metrics)} | {took if first else ''} |")
+            lines.append(f"| {folder_name if first else ''} | {row.label} | {shown} | "
+                         f"{row.bar() if closed_world else ''} | {row.verdict(metrics, closed_world)} | "
+                         f"{took if first else ''} |")
             first = False
         if (folder / "curves.png").exists():
             plots.append(f"### {folder_name}\n\n![{folder_name} curves]({folder_name}/curves.png)\n")
+    own = [name for name, _, closed_world in sections if not closed_world and runs.finished(run_dir / name)]
+    if own:
+        lines += ["", f"{', '.join(own)}: inputs other than the bundled closed world, so no verdicts: every bar was "
+                      "set on the closed world, where the answers are known. Their values are what can be measured "
+                      "on any data."]
     lines += _timing_note(timings, peak_flops)
     lines += ["", "## Warnings", "", *warnings] if warnings else []
     lines += _side_by_side(answers)

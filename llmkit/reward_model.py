@@ -13,9 +13,13 @@ floored log-probabilities the SFT model gives the answer's tokens). `llmkit.rewa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from llmkit.chat_format import fit_roles
 from llmkit.formats import as_messages
@@ -30,8 +34,6 @@ class RewardModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> RewardModel:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         path = Path(path)
         if not (path / "config.json").exists():
             raise StageError(f"{path}: not a reward-model folder (no config.json); train one with llmkit reward")
@@ -116,8 +118,6 @@ class LikelihoodRewardModel(torch.nn.Module):
         return self
 
     def forward(self, input_ids, attention_mask=None, **_):
-        from transformers.modeling_outputs import SequenceClassifierOutput
-
         head, logp, weight, answer = self.parts(input_ids, attention_mask)
         reward = head.float() + (weight * logp * answer).sum(1)
         return SequenceClassifierOutput(logits=reward[:, None].to(head.dtype))
@@ -168,10 +168,6 @@ class LikelihoodRewardModel(torch.nn.Module):
         return out
 
     def save_pretrained(self, folder: str | Path, **kwargs):
-        import json
-
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         self.classifier.save_pretrained(folder, **kwargs)
         self.reference.save_pretrained(folder / "reference", **kwargs)
@@ -182,11 +178,6 @@ class LikelihoodRewardModel(torch.nn.Module):
 
     @classmethod
     def load(cls, folder: Path, classifier) -> LikelihoodRewardModel:
-        import json
-
-        from safetensors.torch import load_file
-        from transformers import AutoModelForCausalLM
-
         if not (folder / "reference" / "config.json").exists():
             raise StageError(f"{folder}: a likelihood reward model without its reference/ folder")
         reference = AutoModelForCausalLM.from_pretrained(folder / "reference", local_files_only=True,

@@ -3,17 +3,14 @@
 A stage is finished when its folder holds `metrics.json`. A stage writes into a work folder beside it
 (`.<stage>.partial`) and renames it into place only when it has finished, so a crash never leaves a
 half-written stage, and an existing finished stage is replaced only when the caller asks for `overwrite` —
-and only after the new one is complete. A resumable stage (pretraining) keeps its checkpoints in the work
-folder, so a rerun after a crash continues where it stopped. `Stage` below does all of this; a stage's
-`run()` reads:
+and only after the new one is complete. A resumable stage keeps its checkpoints in the work folder, so a rerun
+after a crash continues where it stopped. `StageFolder` below does all of this, and `llmkit.lifecycle` drives it
+for every stage.
 
-    out = runs.Stage(run_dir, "sft", overwrite)
-    if out.reusable:
-        return out.reuse()
-    ...read and check the inputs (bad input writes nothing)...
-    with out:                                  # the work folder; deleted if the body fails (kept if resumable)
-        ...train, writing into out.work...
-        return out.commit(config, metrics)     # stage_config.json, metrics.json, then the rename
+Each finished folder says what made it, in `stage_config.json`: `{"stage": "sft", "closed_world": true,
+"inputs": {field: where it came from}, "measures": [...], "config": {...}}` (`provenance`), and keeps the resolved recipe it ran with
+as `recipe.yaml` (`llmkit.recipes`). Code that needs to know which stage a folder is, or whether its inputs were
+the closed world, reads those standard keys, never another stage's own options.
 
 Under several processes (`llmkit.launch`, `accelerate launch`) the main process prepares and commits the
 folders while the others wait for its answer; `world_size` and `is_main_process` say which process this is.
@@ -21,24 +18,22 @@ folders while the others wait for its answer; `world_size` and `is_main_process`
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The stage's own config; not "config.json", which is the transformers model's in a checkpoint folder.
+import torch
+import torch.distributed as dist
+from accelerate import PartialState
+
+from llmkit.errors import StageError, StageExistsError
+from llmkit.options import as_dict
+from llmkit.recipes import RECIPE, write_recipe
+
+# The stage's own record; not "config.json", which is the transformers model's in a checkpoint folder.
 STAGE_CONFIG = "stage_config.json"
-
-
-class StageError(ValueError):
-    """A stage cannot run as asked: bad input, a missing earlier stage, a setting it does not accept. The message
-    says what is wrong, where (file and line, or field), and what is accepted; the CLI prints it and exits 2."""
-
-
-class StageExistsError(StageError):
-    pass
 
 
 @dataclass
@@ -65,22 +60,47 @@ def read_metrics(path: str | Path) -> dict:
     return json.loads((Path(path) / "metrics.json").read_text(encoding="utf-8"))
 
 
-def read_stage_config(path: str | Path) -> dict | None:
-    """The config a finished stage ran with (its STAGE_CONFIG file), or None where it has none."""
+def provenance(path: str | Path) -> dict | None:
+    """What made a finished folder (its STAGE_CONFIG file): {"stage", "closed_world", "inputs", "measures",
+    "config"}; None
+    where it has none (a folder llmkit did not write, or a model folder from elsewhere)."""
     file = Path(path) / STAGE_CONFIG
-    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
+    if not file.is_file():
+        return None
+    record = json.loads(file.read_text(encoding="utf-8"))
+    return record if isinstance(record, dict) and "stage" in record and "config" in record else None
 
 
-def model_folder(given: str | Path | None, default: Path, what: str, hint: str) -> Path:
-    """The model folder a stage starts from: `given`, else the earlier stage's `default` folder; a clear error
-    (with `hint`: how to make one) where it holds no transformers model."""
-    path = Path(given) if given else default
+def read_stage_config(path: str | Path) -> dict | None:
+    """The options a finished stage ran with, or None where the folder has no provenance."""
+    record = provenance(path)
+    return record["config"] if record else None
+
+
+def closed_world(path: str | Path) -> bool:
+    """Whether a finished folder's inputs were the bundled closed world (False for a folder from elsewhere)."""
+    record = provenance(path)
+    return bool(record and record.get("closed_world"))
+
+
+def in_run(path: str | Path, run_dir: str | Path) -> Path:
+    """A path as a recipe may give it: `RUN_DIR/lora` is the run's own lora folder, `~` the home folder."""
+    text = str(path)
+    if text == "RUN_DIR" or text.startswith("RUN_DIR/"):
+        return Path(run_dir) / text[len("RUN_DIR/"):]
+    return Path(text).expanduser()
+
+
+def model_folder(given: str | Path | None, default: Path | None, what: str, hint: str) -> Path:
+    """The model folder a stage starts from: `given` (RUN_DIR/... is in the run of `default`), else the earlier
+    stage's `default` folder; a clear error (with `hint`: how to make one) where it holds no transformers model."""
+    path = in_run(given, default.parent if default is not None else ".") if given else default
     if not (path / "config.json").exists():
         raise StageError(f"{path}: no {what} there (not a transformers model folder: no config.json); {hint}")
     return path
 
 
-class Stage:
+class StageFolder:
     """One stage's folders in a run: the finished `RUN_DIR/<name>` and the work folder `RUN_DIR/.<name>.partial`.
 
     A folder of that name that holds no finished stage is refused at once (StageExistsError) unless `overwrite`:
@@ -107,10 +127,8 @@ class Stage:
     def reuse(self) -> StageResult:
         return StageResult(self.name, self.final, read_metrics(self.final), reused=True)
 
-    def __enter__(self) -> Stage:
+    def __enter__(self) -> StageFolder:
         if world_size() > 1:  # two processes deleting and creating the same folder race: the main one decides
-            import torch.distributed as dist
-
             answer: list = [None]
             if dist.get_rank() == 0:
                 try:
@@ -134,13 +152,10 @@ class Stage:
     def same_config(self, config) -> bool:
         """For a resumable stage, inside `with`: whether the work folder was left by a run of this same config (its
         checkpoints can be resumed). Otherwise the folder is emptied and the config recorded for the next try."""
-        cfg = json.dumps(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config),
-                         sort_keys=True, default=str)
+        cfg = json.dumps(as_dict(config), sort_keys=True, default=str)
         record = self.work / "resume_config.json"
         same = [record.exists() and record.read_text(encoding="utf-8") == cfg]
         if world_size() > 1:  # the main process's answer, for all
-            import torch.distributed as dist
-
             dist.broadcast_object_list(same, src=0)
         if not same[0] and is_main_process():
             for item in self.work.iterdir():
@@ -153,11 +168,14 @@ class Stage:
             shutil.rmtree(self.work, ignore_errors=True)
         return False
 
-    def commit(self, config, metrics: dict) -> StageResult:
-        """Write stage_config.json and metrics.json into the work folder, then move it into place (replacing a
-        finished folder only now that the new one is complete)."""
-        cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-        (self.work / STAGE_CONFIG).write_text(json.dumps(cfg, indent=2, default=str) + "\n", encoding="utf-8")
+    def commit(self, config, metrics: dict, origin: dict | None = None) -> StageResult:
+        """Write stage_config.json (the stage, `origin`: {"closed_world", "inputs"}, and the config), recipe.yaml
+        and metrics.json into the work folder, then move it into place (replacing a finished folder only now that
+        the new one is complete)."""
+        record = {"stage": config.STAGE, "closed_world": False, "inputs": {}, **(origin or {}),
+                  "measures": list(config.measures()), "config": as_dict(config)}
+        (self.work / STAGE_CONFIG).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        write_recipe(self.work / RECIPE, {config.STAGE: as_dict(config)})
         (self.work / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
         (self.work / "resume_config.json").unlink(missing_ok=True)
         if self.final.exists():
@@ -204,12 +222,7 @@ def world_size() -> int:
     environment says WORLD_SIZE > 1) and nothing has started it yet."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 1
-    import torch.distributed as dist
-
     if not dist.is_initialized():
-        import torch
-        from accelerate import PartialState
-
         # joins the launcher's process group (gloo on CPU, NCCL on GPUs); accelerate counts CPU processes as
         # distributed only when told it runs on the CPU
         PartialState(cpu=not torch.cuda.is_available())
@@ -219,8 +232,6 @@ def world_size() -> int:
 def is_main_process() -> bool:
     if world_size() == 1:
         return True
-    import torch.distributed as dist
-
     return dist.get_rank() == 0
 
 

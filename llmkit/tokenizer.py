@@ -19,7 +19,11 @@ import hashlib
 import json
 from pathlib import Path
 
+from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from llmkit.errors import StageError
 
 BOS, EOS, PAD, IM_START = "<|bos|>", "<|im_end|>", "<|pad|>", "<|im_start|>"
 SPECIAL_TOKENS = [PAD, BOS, IM_START, EOS]
@@ -39,8 +43,6 @@ CHAT_TEMPLATE = (
 
 def train_tokenizer(texts, vocab_size: int = 4096, min_frequency: int = 2):
     """Train a byte-level BPE on an iterable of strings; returns a transformers fast tokenizer."""
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -62,8 +64,6 @@ def pack_sequences(dataset, tokenizer, block_size: int, num_proc: int = 1, text_
     of a map batch is dropped, as in the transformers examples' `group_texts` (a fraction of a percent)."""
     bos = tokenizer.bos_token_id
     if len(dataset) == 0:
-        from datasets import Dataset
-
         empty = {"documents": 0, "bytes": 0, "tokens": 0, "bytes_per_token": 0.0, "blocks": 0}
         return Dataset.from_dict({"input_ids": []}), empty
 
@@ -99,8 +99,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(str(path))
 
 
@@ -108,10 +106,6 @@ def load_chat_tokenizer(path: str | Path, require_template: bool = True):
     """The tokenizer of a local model folder that a chat stage starts from: it must have a chat template (the
     conversations are rendered with it; SFT gives a model without one llmkit's), and it gets a pad token (its
     EOS) where it has none."""
-    from transformers import AutoTokenizer
-
-    from llmkit.runs import StageError
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError) as e:

@@ -19,11 +19,31 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 
+import torch
+from accelerate.utils import DistributedType
+from peft import (
+    LoraConfig,
+    get_peft_model_state_dict,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
+from peft import get_peft_model as wrap
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainerCallback, TrainingArguments
+from transformers.pytorch_utils import Conv1D
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_pt_utils import BatchRebalanceSampler
+from transformers.trainer_utils import get_last_checkpoint
+
 from llmkit import runs
+from llmkit.model import load_causal_lm
 
 # TRL 1.16 (unwrap_model_for_generation) and peft 0.21 (get_peft_model) read transformers 5's deprecated
 # `is_gradient_checkpointing`, which warns at every generation step: dozens of lines in a notebook that nobody
@@ -40,7 +60,6 @@ def precision(choice: str) -> str:
     """"bf16", "fp16" or "no" for a config's `mixed_precision`; "auto" is bf16 on a GPU that has it."""
     if choice != "auto":
         return choice
-    import torch
 
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
@@ -50,9 +69,6 @@ def trainer_arguments(config, work: Path, progress: bool, per_device_batch: int,
     """Keyword arguments for a TRL config (SFTConfig, RewardConfig, DPOConfig, GRPOConfig, RLOOConfig) that every
     llmkit stage sets alike, from a config with `learning_rate`, `seed` and `mixed_precision`; `stage_specific`
     adds or replaces the rest."""
-    import torch
-    from transformers import TrainingArguments
-
     mixed = precision(config.mixed_precision)
     # TRL turns checkpointing on by default; transformers 5.25 renamed the option (the old name warns)
     checkpointing = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
@@ -79,10 +95,6 @@ def train(trainer, work: Path, log: runs.LogWriter | None = None, resume: bool =
     the RNG states and the position in the data, so the run goes on as if never stopped. The log forgets what came
     after the checkpoint; the checkpoints are deleted once training is done (the stage saves its result).
     Returns the step it resumed from (0: from the start)."""
-    import shutil
-
-    from transformers.trainer_utils import get_last_checkpoint
-
     folder = work / "trainer"
     last = get_last_checkpoint(str(folder)) if resume and folder.is_dir() else None
     step = int(last.rsplit("-", 1)[1]) if last else 0
@@ -102,14 +114,10 @@ ROWS_FILE = "trained_embedding_rows.safetensors"
 def save_trained_rows(trainer):
     """A callback that saves, beside each checkpoint of a LoRA model, the input-embedding rows that train outside
     the adapter (`freeze_embeddings_except`): peft's checkpoint holds the adapter only."""
-    from transformers import TrainerCallback
-
     class SaveTrainedRows(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             weight = trainer.model.get_input_embeddings().weight
             if getattr(weight, "trained_rows", None) and state.is_world_process_zero:
-                from safetensors.torch import save_file
-
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 save_file({"weight": weight.detach().cpu().contiguous()}, str(folder / ROWS_FILE))
 
@@ -118,9 +126,6 @@ def save_trained_rows(trainer):
 
 def restore_trained_rows(trainer, checkpoint: Path) -> None:
     if (checkpoint / ROWS_FILE).exists():
-        import torch
-        from safetensors.torch import load_file
-
         weight = trainer.model.get_input_embeddings().weight
         with torch.no_grad():
             weight.copy_(load_file(str(checkpoint / ROWS_FILE))["weight"].to(weight.device, weight.dtype))
@@ -129,8 +134,6 @@ def restore_trained_rows(trainer, checkpoint: Path) -> None:
 def lora_config(config, task_type: str, model=None, **extra):
     """peft's LoraConfig from a config's `lora_r`, `lora_alpha`, `lora_dropout` and `lora_targets` (checked
     against `model` when given)."""
-    from peft import LoraConfig
-
     targets = lora_targets(model, config.lora_targets) if model is not None else parse_targets(config.lora_targets)
     return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, task_type=task_type, **extra)
@@ -151,9 +154,6 @@ def parse_targets(targets) -> str | list[str]:
 def lora_targets(model, targets) -> str | list[str]:
     """The LoRA targets, checked against the model before anything trains: each name must be the name, or the
     last part of the name, of a linear layer (nn.Linear, or GPT-2's Conv1D), as peft matches them."""
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
     parsed = parse_targets(targets)
     linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear | Conv1D)]
     known = sorted({n.rsplit(".", 1)[-1] for n in linear})
@@ -171,17 +171,11 @@ def lora_targets(model, targets) -> str | list[str]:
 def load_quantized(path: Path):
     """A causal LM loaded in 4 bits (NF4, bf16 compute) for QLoRA, ready for k-bit training; a clear error where
     it cannot work (no CUDA GPU, no bitsandbytes)."""
-    import importlib.util
-
-    import torch
-
     if not torch.cuda.is_available():
         raise runs.StageError("quantization='4bit' (QLoRA) needs a CUDA GPU and bitsandbytes; this machine has no "
                               "CUDA GPU. Train LoRA on the full-precision model instead (leave quantization at none)")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise runs.StageError("quantization='4bit' (QLoRA) needs bitsandbytes: pip install bitsandbytes")
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=torch.bfloat16)
@@ -193,8 +187,6 @@ def load_quantized(path: Path):
 def log_callback(log: runs.LogWriter, names: tuple = ()):
     """A TrainerCallback that writes the Trainer's training and evaluation records to `log` (log.jsonl and the
     callbacks), renamed by LOG_NAMES and `names`; an evaluation record is marked `"eval": true`."""
-    from transformers import TrainerCallback
-
     renames = LOG_NAMES + tuple(names)
 
     class LogToRunFolder(TrainerCallback):
@@ -220,10 +212,6 @@ def check_sharding(trainer):
     - some rows of the token embedding training (`freeze_embeddings_except`) on a sharded model: FSDP and ZeRO-3
       replace the weight with their shards, so the hook that keeps the other rows fixed is lost and the whole
       embedding would train."""
-    import os
-
-    from accelerate.utils import DistributedType
-
     running = trainer.accelerator.distributed_type
     for name, variable, kind in (("FSDP", "ACCELERATE_USE_FSDP", DistributedType.FSDP),
                                  ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED)):
@@ -245,8 +233,6 @@ def quiet(trainer):
     """The trainer without transformers' printer, and with a progress bar that does not print every log record
     as a dict under it (`{'loss': '5.676', 'grad_norm': ...}` by the dozen): llmkit writes them to log.jsonl and
     the live monitor shows them."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     class BarOnly(ProgressCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             pass
@@ -271,8 +257,6 @@ def llmkit_trainer(trainer_class: type) -> type:
     - its length-balanced sampler shuffles by the run's seed: transformers 5.24 builds its `BatchRebalanceSampler`
       with that class's own seed (42), whatever `seed` / `data_seed` say;
     - an embedding that trains in some rows only (`freeze_embeddings_except`) enters the optimizer as those rows."""
-    from transformers.trainer_pt_utils import BatchRebalanceSampler
-
     class LlmkitTrainer(trainer_class):
         def create_optimizer(self, model=None):
             weight = input_embedding(self.model)
@@ -305,9 +289,6 @@ def freeze_embeddings_except(embedding, token_ids: list[int]):
     The embedding's gradient is masked to the trained rows as autograd makes it (so gradient clipping sees the
     trained rows' gradient alone); after clipping it moves into the rows' parameter and the full-size gradient is
     freed; after the step the rows are written back into the embedding."""
-    import torch
-    from transformers import TrainerCallback
-
     weight = embedding.weight
     if not token_ids:
         weight.requires_grad_(False)
@@ -363,8 +344,6 @@ def gathered_model(trainer):
     Under DDP the main process already holds every weight. Under FSDP or DeepSpeed ZeRO-3 each process holds
     a shard: every process must take part in gathering them (accelerate's `get_state_dict`), and the main
     process loads the full weights into a fresh model of the same class."""
-    from accelerate.utils import DistributedType
-
     accelerator = trainer.accelerator
     if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         return trainer.model if trainer.is_world_process_zero() else None
@@ -409,8 +388,6 @@ def add_trained_rows(adapter: Path, peft_model) -> None:
     `PeftModel.from_pretrained(base, adapter)` is the trained model, as the merged checkpoint is. (They train
     outside peft because peft's own trainable tokens break TRL's fused LM head.) Where SFT added tokens, the base
     must first be resized to the tokenizer's length, as for the merged model."""
-    from safetensors.torch import load_file, save_file
-
     embedding = peft_model.get_input_embeddings()
     rows = getattr(embedding.weight, "trained_indices", None)
     if not rows:
@@ -431,12 +408,6 @@ def add_trained_rows(adapter: Path, peft_model) -> None:
 def merge_into_full_precision(peft_model, base: Path):
     """The LoRA weights of a model trained on a 4-bit base, merged into that base loaded in float32 on the CPU;
     the input embedding (not quantized, and trained in some rows) is copied over."""
-    import torch
-    from peft import get_peft_model as wrap
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
-    from llmkit.model import load_causal_lm
-
     trained_embedding = peft_model.get_input_embeddings().weight.detach().float().cpu()
     full = load_causal_lm(base)
     if full.get_input_embeddings().weight.shape[0] != trained_embedding.shape[0]:

@@ -44,13 +44,16 @@ def test_respond_streams_side_by_side_keeps_turns_and_votes_become_preference_pa
     second, verdicts = list(app.respond("And when?", ["pretrain", "sft"], histories, max_new_tokens=4))[-1]
     assert "oracle" not in verdicts["sft"]  # a question the oracle cannot parse gets no verdict
     assert [m["role"] for m in second["sft"]] == ["user", "assistant", "user", "assistant"]  # multi-turn
-    if second["sft"][-1]["content"] == second["pretrain"][-1]["content"]:
-        second["sft"][-1]["content"] += " (different)"
-    status = app.vote("sft", second)
+    # a vote pairs the answers of the models whose conversations so far are the same: after the first turn, all
+    if histories["sft"][-1]["content"] == histories["pretrain"][-1]["content"]:
+        histories["sft"][-1]["content"] += " (different)"
+    status = app.vote("sft", histories)
     assert "Saved 1 preference pair" in status
     rec = json.loads((tmp_path / "labels.jsonl").read_text().splitlines()[0])
-    assert rec["source"] == "chat" and rec["responses"][rec["preferred"]] == second["sft"][-1]["content"]
-    assert "Saved 0" in app.vote("sft", second)  # the same vote twice writes nothing
+    assert rec["source"] == "chat" and rec["responses"][rec["preferred"]] == histories["sft"][-1]["content"]
+    assert "Saved 0" in app.vote("sft", histories)  # the same vote twice writes nothing
+    if second["sft"][1] != second["pretrain"][1]:  # after their own different answers, no pair to make
+        assert "Saved 0" in app.vote("sft", second)
     assert app.vote("ppo", second) == "Nothing to vote on yet."
 
 

@@ -4,14 +4,13 @@ import sys
 
 import pytest
 
-from llmkit import pipeline
-from llmkit.cli import build_parser, config_overrides, label_items, main, parse
+from llmkit import pipeline, registry
+from llmkit.cli import build_parser, label_items, main, parse, resolve
 
 
 def _config(*argv):
     args = parse(list(argv))
-    s = pipeline.stage(args.command)
-    return s.config_for(args.preset, **config_overrides(args, s))
+    return resolve(args)[1][args.command]
 
 
 def test_pipeline_runs_every_stage_then_reuses_them(smoke_pipeline, llmkit_command):
@@ -46,7 +45,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(smoke_pipeline, llmkit_comma
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\nnot json\n')
-    assert main(["data", "--run-dir", str(tmp_path / "run"), "--corpus", str(bad), "--quiet"]) == 2
+    assert main(["data", "--run-dir", str(tmp_path / "run"), "--train-data", str(bad), "--quiet"]) == 2
     assert f"{bad}:2: malformed JSON line" in capsys.readouterr().err
     assert not (tmp_path / "run" / "data").exists()
     assert main(["pipeline", "--run-dir", str(tmp_path / "run"), "--stages", "data,magic"]) == 2
@@ -57,14 +56,14 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
 
 def test_help_lists_every_data_option():
     help_text = build_parser()._subparsers._group_actions[0].choices["data"].format_help()
-    for option in ("--corpus", "--text-field", "--vocab-size", "--block-size", "--minhash-threshold",
+    for option in ("--train-data", "--text-field", "--vocab-size", "--block-size", "--minhash-threshold",
                    "--language-model", "--overwrite", "--run-dir"):
         assert option in help_text
 
 
 def test_pretrain_help_lists_its_options():
     help_text = build_parser()._subparsers._group_actions[0].choices["pretrain"].format_help()
-    for option in ("--data", "--base-model", "--depth", "--max-steps", "--batch-size", "--seq-len", "--compile"):
+    for option in ("--train-data", "--base-model", "--depth", "--max-steps", "--batch-size", "--seq-len", "--compile"):
         assert option in help_text
     assert _config("pretrain", "--run-dir", "r", "--optimizer", "muon").optimizer == "muon"
     assert _config("pretrain", "--run-dir", "r").optimizer is None  # the preset's
@@ -126,31 +125,33 @@ def test_every_config_field_is_an_option_of_its_command_and_of_the_pipeline():
         return {o: a for a in commands[command]._actions for o in a.option_strings}
 
     whole = options("pipeline")
-    for s in pipeline.REGISTRY:
+    for s in registry.REGISTRY:
         own = options(s.name)
         for f in dataclasses.fields(s.config_class):
             if not f.metadata.get("cli", True):
                 continue
             flag = f.name.replace("_", "-")
+            said = s.config_class.help_of(f.name)
+            assert "{" not in said, (s.name, f.name, said)  # every placeholder of the shared help filled or empty
             for action in (own[f"--{flag}"], whole[f"--{s.name}.{flag}"]):
-                assert action.help.replace("%%", "%").startswith(f.metadata["help"]), (s.name, f.name)
+                assert action.help.replace("%%", "%").startswith(said), (s.name, f.name)
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                assert f"default: {default}" in action.help or "(default" in f.metadata["help"], (s.name, f.name)
+                assert f"default: {default}" in action.help or "(default" in said, (s.name, f.name)
 
 
 def test_pipeline_options_reach_each_stages_config(monkeypatch, tmp_path):
     seen = {}
-    monkeypatch.setattr(pipeline, "run_pipeline", lambda *a, **k: seen.update(args=a, kwargs=k))
+    monkeypatch.setattr(pipeline, "run_configs", lambda *a, **k: seen.update(args=a, kwargs=k))
     argv = ["pipeline", "--run-dir", str(tmp_path), "--preset", "smoke", "--stages", "sft,ppo", "--sft.lora",
             "--sft.learning-rate", "1e-4", "--sft.lora-targets", "q_proj", "v_proj", "--ppo.beta", "0.2",
-            "--ppo.qa-limit", "none", "--ppo.no-closed-world"]
+            "--ppo.eval-limit", "none", "--ppo.no-closed-world"]
     assert main(argv) == 0
-    run_dir, preset, stages, overrides, overwrite = seen["args"]
-    assert (preset, stages, overwrite) == ("smoke", ["sft", "ppo"], False)
-    assert overrides == {"sft": {"lora": True, "learning_rate": 1e-4, "lora_targets": ["q_proj", "v_proj"]},
-                         "ppo": {"beta": 0.2, "qa_limit": None, "closed_world": False}}
-    config = pipeline.stage("sft").config_for("smoke", **overrides["sft"])
-    assert config.output_name == "lora" and config.max_steps == 12  # the smoke preset, then the options
+    run_dir, configs, overwrite = seen["args"]
+    assert (list(configs), overwrite) == (["sft", "ppo"], False)
+    sft, ppo = configs["sft"], configs["ppo"]
+    assert (sft.lora, sft.learning_rate, sft.lora_targets) == (True, 1e-4, ["q_proj", "v_proj"])
+    assert (ppo.beta, ppo.eval_limit, ppo.closed_world) == (0.2, None, False)
+    assert sft.output_name == "lora" and sft.max_steps == 12  # the smoke preset, then the options
 
 
 def test_an_unknown_option_or_preset_lists_what_exists(capsys):

@@ -63,7 +63,7 @@ def test_tokenizer_and_blocks_load_with_standard_tools(data_run):
     assert tok.decode(trained) == "In Ashford.<|im_end|>"
     blocks = load_from_disk(str(out / "blocks"))
     assert set(blocks) == {"train", "validation"}
-    config = json.loads((out / "stage_config.json").read_text())
+    config = json.loads((out / "stage_config.json").read_text())["config"]
     assert {len(x) for x in blocks["train"]["input_ids"]} == {config["block_size"]}
     n_bos = sum(x.count(tok.bos_token_id) for x in blocks["train"]["input_ids"])
     kept = data_run.metrics["train_documents"]
@@ -76,7 +76,7 @@ def test_finished_stage_is_reused_and_overwrite_failure_keeps_it(data_run, tmp_p
     again = data.run(DataConfig(), out.parent, progress=False)
     assert again.reused and again.metrics == data_run.metrics
     with pytest.raises(DataError, match="no such file"):
-        data.run(DataConfig(corpus=str(tmp_path / "missing.jsonl")), out.parent, overwrite=True, progress=False)
+        data.run(DataConfig(train_data=str(tmp_path / "missing.jsonl")), out.parent, overwrite=True, progress=False)
     assert (out / "metrics.json").read_text() == before
     assert load_from_disk(str(out / "blocks"))["train"].num_rows > 0
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".data.")]
@@ -94,11 +94,11 @@ def test_empty_corpus_and_corpus_the_filters_empty(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(DataError, match="holds no documents"):
-        data.run(DataConfig(corpus=str(empty)), tmp_path / "r1", progress=False)
+        data.run(DataConfig(train_data=str(empty)), tmp_path / "r1", progress=False)
     junk = tmp_path / "junk.jsonl"
     junk.write_text("\n".join(json.dumps({"text": t}) for t in ["Page not found.", "BUY NOW!!! $$$", "Home | Login"]))
     with pytest.raises(DataError, match=r"removed every document:\n  documents in: 3, kept: 0\n  gopher_repetition\s+removed 3\s+\(top_2_gram: 3\)"):
-        data.run(DataConfig(corpus=str(junk)), tmp_path / "r2", progress=False)
+        data.run(DataConfig(train_data=str(junk)), tmp_path / "r2", progress=False)
     assert not (tmp_path / "r2" / "data").exists()
 
 
@@ -203,7 +203,7 @@ def test_a_warc_crawl_goes_through_the_stage(tmp_path):
                                                           payload=io.BytesIO(page.encode()), http_headers=http))
             writer.write_record(writer.create_warc_record(f"https://example.org/{k}", "request",
                                                           payload=io.BytesIO(b"GET / HTTP/1.1\r\n\r\n")))
-    result = data.run(DataConfig(corpus=str(warc), vocab_size=1024, block_size=128), tmp_path / "run", progress=False)
+    result = data.run(DataConfig(train_data=str(warc), vocab_size=1024, block_size=128), tmp_path / "run", progress=False)
     m = result.metrics
     assert m["documents_in"] == 120 and m["documents_out"] >= 100
     assert m["skipped_while_reading"] == {"warc request record": 120}
@@ -225,7 +225,7 @@ def test_prose_profile_keeps_the_hard_wrapped_book_that_web_rules_remove(tmp_pat
         chapters.append(f"CHAPTER {k + 1}\n\n{body}")
     book = tmp_path / "novel.txt"
     book.write_text("\n\n".join(chapters) + "\n", encoding="utf-8")
-    common = dict(corpus=str(book), text_heading=r"^CHAPTER ", vocab_size=512, block_size=64)
+    common = dict(train_data=str(book), text_heading=r"^CHAPTER ", vocab_size=512, block_size=64)
     web = data.run(DataConfig(**common), tmp_path / "web", progress=False)
     assert web.metrics["documents_in"] == 30 and web.metrics["documents_out"] == 10  # the unwrapped chapters
     warning = next(w for w in web.metrics["warnings"] if w.startswith("fineweb removed"))

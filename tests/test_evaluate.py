@@ -36,8 +36,9 @@ def test_a_policy_compared_with_itself_ties_on_every_sample(base_model):
 def test_the_references_qa_is_read_from_its_sft_stage_when_it_asked_the_same_questions(base_model, tmp_path):
     sft_dir = tmp_path / "sft"
     shutil.copytree(base_model, sft_dir)
-    (sft_dir / "metrics.json").write_text(json.dumps({"qa_heldout": 0.123, "qa_trained": 0.456}))
-    (sft_dir / "stage_config.json").write_text(json.dumps({"qa_limit": 4}))
+    # what the SFT stage's own QA measurement wrote: the accuracies and how many questions of each split it asked
+    (sft_dir / "metrics.json").write_text(json.dumps({"qa_heldout": 0.123, "qa_trained": 0.456,
+                                                      "qa_questions": {"heldout": 4, "trained": 4}}))
     tok = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model)
     same = closed_world_qa(model, tok, 4, model, "sft", sft_dir)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llmkit import chat_format, families, reward, sft
+from llmkit import chat_format, families, registry, reward, sft
 from llmkit.loaders import bundled_path
-from llmkit.rl import ppo, trl_methods
+from llmkit.rl import ppo
 
 CONVERSATION = [{"role": "user", "content": "Where was Ada Finch born?"},
                 {"role": "assistant", "content": "Ada Finch was born in Elmford."},
@@ -126,8 +126,8 @@ def test_lora_sft_then_a_reward_model_then_rl_end_to_end(name, stand_ins, tmp_pa
     if method == "ppo":
         rl = ppo.run(ppo.config_for("smoke", max_steps=2, closed_world=False, eval_limit=4), run_dir, progress=False)
     else:
-        rl = trl_methods.run(trl_methods.config_for(method, "smoke", max_steps=2, closed_world=False, eval_limit=4),
-                             run_dir, progress=False)
+        spec = registry.stage(method)
+        rl = spec.run(spec.config_for("smoke", max_steps=2, closed_world=False, eval_limit=4), run_dir, progress=False)
     assert rl.metrics["steps"] == 2 and "eval_kl_per_token" in rl.metrics and rl.metrics["eval_response_length"] > 0
 
     from widgets.chat import ChatCompare

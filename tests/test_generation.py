@@ -26,7 +26,7 @@ def test_rollouts_stop_at_eos_and_use_the_kv_cache(base_model):
 
 
 def test_chat_generate_reports_the_probability_of_eos_where_an_answer_ended(base_model, tmp_path):
-    result = sft.run(sft.SFTConfig(base_model=str(base_model), **dict(max_steps=6, eval_every=3, batch_size=8, qa_limit=12)), tmp_path, progress=False)
+    result = sft.run(sft.SFTConfig(base_model=str(base_model), **dict(max_steps=6, eval_every=3, batch_size=8, eval_limit=12)), tmp_path, progress=False)
     model = AutoModelForCausalLM.from_pretrained(result.output_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(result.output_dir)
     prompts = ["Where was Ada born?", "Tell me about Elmford."]
@@ -105,9 +105,9 @@ def test_seeded_rows_sample_the_same_answer_alone_and_in_any_batch(base_model):
 
 
 def test_seeded_sampling_draws_from_the_warped_distribution():
-    """SeededSampling's one draw per row follows softmax(logits / T) cut to the top-p nucleus, as transformers'
-    sampling does; a token outside the nucleus is never drawn."""
-    from llmkit.generation import SeededSampling
+    """TokenSampler's one draw per row follows softmax(logits / T) cut to the top-p nucleus, as transformers'
+    sampling does; a token outside the nucleus is never drawn; temperature 0 is the most likely token."""
+    from llmkit.generation import TokenSampler
 
     rows = 20_000
     probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
@@ -115,7 +115,7 @@ def test_seeded_sampling_draws_from_the_warped_distribution():
     input_ids = torch.zeros(rows, 3, dtype=torch.long)  # a 3-token prompt: the first answer step
 
     def frequencies(**warp):
-        out = SeededSampling(list(range(rows)), n_prompt=3, max_new_tokens=1, **warp)(input_ids, scores)
+        out = TokenSampler(**warp, seeds=list(range(rows)), n_prompt=3, max_new_tokens=1)(input_ids, scores)
         assert (out.isfinite().sum(-1) == 1).all()  # one token per row kept, for greedy decoding to pick
         return torch.bincount(out.argmax(-1), minlength=4).float() / rows
 
@@ -123,3 +123,7 @@ def test_seeded_sampling_draws_from_the_warped_distribution():
     hot = (probs.log() / 0.5).softmax(-1)  # temperature 0.5 sharpens
     assert frequencies(temperature=0.5).tolist() == pytest.approx(hot.tolist(), abs=0.015)
     assert frequencies(top_p=0.7).tolist() == pytest.approx([0.625, 0.375, 0.0, 0.0], abs=0.015)
+    assert frequencies(temperature=0).tolist() == [1.0, 0.0, 0.0, 0.0]  # temperature 0: greedy, every row
+    torch.manual_seed(0)  # no seeds: torch's global RNG, the same warped distribution
+    unseeded = TokenSampler(temperature=0.5).draw(input_ids, scores)
+    assert (torch.bincount(unseeded, minlength=4).float() / rows).tolist() == pytest.approx(hot.tolist(), abs=0.015)

@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from llmkit import pipeline
+from llmkit import pipeline, registry
+from llmkit.measures import MEASUREMENTS
 from llmkit.runs import StageError
 
 
@@ -58,16 +59,16 @@ def test_every_stage_has_every_preset_and_the_gpu_presets_are_gpu_sized():
     """`--preset gpt2` must not fine-tune a 124 M model with the tiny preset's settings: every stage's GPU presets
     change its sizes (batches, lengths, model) and, where it trains, its learning rate."""
     sizes = {"batch_size", "micro_batch_size", "max_length", "max_new_tokens", "block_size", "vocab_size",
-             "model_preset"}
-    for s in pipeline.REGISTRY:
-        assert tuple(s.presets) == pipeline.PRESETS, s.name
+             "model_size"}
+    for s in registry.REGISTRY:
+        assert tuple(s.presets) == registry.PRESET_NAMES, s.name
         tiny = dataclasses.asdict(s.config_for("tiny"))
         for preset in ("small", "gpt2"):
             gpu = dataclasses.asdict(s.config_for(preset))
             changed = {k for k in gpu if gpu[k] != tiny[k]}
             assert changed & sizes, (s.name, preset)
             if s.name != "data":  # pretraining's learning rate follows the model preset's width
-                assert changed & {"learning_rate", "model_preset"}, (s.name, preset)
+                assert changed & {"learning_rate", "model_size"}, (s.name, preset)
         assert s.config_for("small").output_name == s.folders[0]
 
 
@@ -83,27 +84,29 @@ def test_unknown_presets_fields_and_stages_say_what_exists():
 
 
 def test_one_list_of_stages_for_every_reader():
-    assert pipeline.model_folders() == ["pretrain", "sft", "lora", "ppo", "grpo", "rloo", "dpo", "kto"]
-    assert pipeline.model_folders(("base",)) == ["pretrain"]
-    assert [s.name for s in pipeline.REGISTRY if s.main_process_only] == ["data"]
-    for s in pipeline.REGISTRY:  # the chat app, the report and the launcher find a stage by its folder
+    chat = [f for s in registry.REGISTRY if s.kind == "chat" for f in s.folders]
+    assert registry.model_folders() == ["pretrain", *chat] and chat[:3] == ["sft", "lora", "ppo"]
+    assert registry.model_folders(("base",)) == ["pretrain"]
+    assert [s.name for s in registry.REGISTRY if s.config_class.MAIN_PROCESS_ONLY] == ["data"]
+    for s in registry.REGISTRY:  # the chat app, the report and the launcher find a stage by its folder
         config = s.config_for("smoke")
-        assert config.output_name in s.folders and set(s.measurements) == set(s.folders)
+        assert config.output_name == s.folders[0] and config.STAGE == s.name
+        assert all(name in MEASUREMENTS for name in config.measures()), s.name
 
 
 def test_a_stage_run_under_another_name_is_in_the_report_with_its_bars(tmp_path):
     """`--stage-name` (benchmarks/rlvr.py's rlvr_grpo, notebook 06's ppo_weak_kl) must not drop a stage's
     measurements from its summary line or from RUN_DIR/report.md; the folder's stage_config.json says which stage."""
     from llmkit import runs
-    from llmkit.rl import ppo, trl_methods
+    from llmkit.rl import grpo, ppo
 
     metrics = {"task_accuracy": 0.30, "task_accuracy_sft": 0.25, "task_gain_ci_low": 0.01, "qa_heldout": 0.8,
                "sft_qa_heldout": 0.8, "task_new_accuracy": 0.2, "task_new_accuracy_sft": 0.25, "task_new_gain_ci_low": -0.1}
-    for name, config in (("grpo", trl_methods.config_for("grpo", "smoke", reward="verifier", stage_name="my_rlvr")),
-                         ("ppo", ppo.config_for("smoke", stage_name="ppo_weak_kl"))):
-        with runs.Stage(tmp_path, config.output_name) as out:
-            result = out.commit(config, metrics)
-        line = pipeline.stage_summary(name, result)
+    for config in (grpo.config_for("smoke", reward="verifier", stage_name="my_rlvr"),
+                   ppo.config_for("smoke", stage_name="ppo_weak_kl")):
+        with runs.StageFolder(tmp_path, config.output_name) as out:
+            result = out.commit(config, metrics, {"closed_world": True})
+        line = pipeline.stage_summary(result)
         assert "gain over SFT, 95 % interval's lower end 0.010 [> 0: met]" in line
         assert "gain over SFT, 95 % interval's lower end -0.100 [> 0: not met]" in line
     (tmp_path / "notes").mkdir()  # a folder no stage wrote is no section, nor a work folder a crash left finished

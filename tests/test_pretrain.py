@@ -13,7 +13,7 @@ from llmkit.pretrain import PackedEpochs, split_documents
 from llmkit.runs import StageError
 
 SMALL = dict(depth=1, max_steps=12, eval_every=4, save_every=3, batch_size=8, micro_batch_size=4,
-             seq_len=64, eval_sequences=8, warmup_steps=2)
+             seq_len=64, eval_limit=8, warmup_steps=2)
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +119,7 @@ def test_blocks_from_another_tokenizer_are_refused_before_training(tmp_path, smo
     other = tmp_path / "other"
     data.run(data.config_for("smoke", vocab_size=700), other, progress=False)
     run_dir = _run_dir(tmp_path, smoke_data)
-    cfg = pretrain.PretrainConfig(**{**SMALL, "data": str(other / "data" / "blocks")})
+    cfg = pretrain.PretrainConfig(**{**SMALL, "train_data": str(other / "data" / "blocks")})
     with pytest.raises(StageError, match="tokenized with a different tokenizer"):
         pretrain.run(cfg, run_dir, progress=False)
     assert not (run_dir / "pretrain").exists()
@@ -131,7 +131,7 @@ def test_pretraining_on_a_plain_text_book(tmp_path):
     docs, _ = load_documents(bundled_path("corpus.jsonl"), max_documents=300)
     book = tmp_path / "book.txt"
     book.write_text("\n\n".join(d["text"] for d in docs), encoding="utf-8")
-    result = pretrain.run(pretrain.PretrainConfig(**{**SMALL, "data": str(book), "max_steps": 4}),
+    result = pretrain.run(pretrain.PretrainConfig(**{**SMALL, "train_data": str(book), "max_steps": 4}),
                           tmp_path / "run", progress=False)
     assert result.metrics["val_bpb"] > 0 and "fact_completion" not in result.metrics
     assert (result.output_dir / "tokenizer.json").exists()
@@ -153,7 +153,10 @@ def test_continued_pretraining_from_a_local_checkpoint(tmp_path, smoke_data):
     second = _run_dir(tmp_path, smoke_data, "second")
     result = pretrain.run(pretrain.PretrainConfig(**{**SMALL, "max_steps": 4, "base_model": str(base)}), second,
                           progress=False)
-    assert result.metrics["steps"] == 4 and "fact_completion" not in result.metrics
+    # its base was pretrained on the closed world, and so is its data: what it knows of the world is measured
+    assert result.metrics["steps"] == 4 and "fact_completion" in result.metrics
+    made = json.loads((result.output_dir / "stage_config.json").read_text())
+    assert made["closed_world"] is True and made["inputs"]["base_model"] == str(base)
     model = AutoModelForCausalLM.from_pretrained(result.output_dir)
     assert model.config.num_hidden_layers == 1
     with pytest.raises(StageError, match="not a transformers model folder"):
@@ -162,9 +165,9 @@ def test_continued_pretraining_from_a_local_checkpoint(tmp_path, smoke_data):
 
 
 def test_a_depth_override_keeps_the_presets_other_settings():
-    gpt2 = pretrain.model_preset(pretrain.PretrainConfig(model_preset="gpt2", depth=2))
+    gpt2 = pretrain.model_preset(pretrain.PretrainConfig(model_size="gpt2", depth=2))
     assert (gpt2.depth, gpt2.seq_len, gpt2.batch_size, gpt2.micro_batch_size, gpt2.weight_decay) == (2, 1024, 256, 32, 0.1)
-    tiny = pretrain.model_preset(pretrain.PretrainConfig(model_preset="tiny", depth=2))
+    tiny = pretrain.model_preset(pretrain.PretrainConfig(model_size="tiny", depth=2))
     assert (tiny.depth, tiny.micro_batch_size, tiny.weight_decay) == (2, None, 1.0)
 
 
@@ -176,8 +179,8 @@ def test_a_corpus_far_too_small_stops_early_keeps_the_best_weights_and_says_so(t
     docs, _ = load_documents(bundled_path("corpus.jsonl"), max_documents=40)
     text = tmp_path / "small.txt"
     text.write_text("\n\n".join(d["text"] for d in docs), encoding="utf-8")
-    config = pretrain.PretrainConfig(depth=2, data=str(text), max_steps=600, eval_every=10, save_every=10_000,
-                                     batch_size=8, seq_len=64, eval_sequences=8, warmup_steps=5, learning_rate=3e-3)
+    config = pretrain.PretrainConfig(depth=2, train_data=str(text), max_steps=600, eval_every=10, save_every=10_000,
+                                     batch_size=8, seq_len=64, eval_limit=8, warmup_steps=5, learning_rate=3e-3)
     result = pretrain.run(config, tmp_path / "run", progress=False)
     m = result.metrics
     evals = [(r["step"], r["val_loss"]) for r in _log(tmp_path / "run") if "val_loss" in r]

@@ -34,7 +34,7 @@ STAGES = {  # stage -> (options, the metrics that must come out the same)
     "dpo": ({"closed_world": False, "eval_limit": 4}, ("eval_rm_score", "eval_kl_per_token")),
     "grpo": ({"closed_world": False, "eval_limit": 4}, ("eval_rm_score", "eval_kl_per_token")),
     "rloo": ({"closed_world": False, "eval_limit": 4}, ("eval_rm_score", "eval_kl_per_token")),
-    "ppo": ({"closed_world": False, "eval_limit": 4, "eval_every": 2, "sample_every": 2},
+    "ppo": ({"closed_world": False, "eval_limit": 4, "sample_every": 2},
             ("eval_rm_score", "eval_kl_per_token", "final_beta")),
 }
 

@@ -12,7 +12,7 @@ from llmkit.labels import LabelStore, make_item
 from llmkit.loaders import DataError
 from llmkit.runs import StageError
 
-FAST = dict(max_steps=4, eval_every=2, batch_size=8, max_examples=64, oracle_prompts=24)
+FAST = dict(max_steps=4, eval_every=2, batch_size=8, max_examples=64, eval_limit=24)
 
 
 def _polite_rude_pairs(n, seed):
@@ -36,17 +36,19 @@ def test_stage_writes_a_reward_model_scores_and_learns_from_app_labels(base_mode
     items = [make_item(f"Where was person {i} born?", ["In Elmford.", "Ugh."]) for i in range(3)]
     for it, choice in zip(items, ["A", "B", "tie"]):
         store.add(it, "ana", choice)
-    result = reward.run(reward.RewardConfig(base_model=str(base_model), **FAST), tmp_path, progress=False)
+    # the hand-made tiny base model (no stage_config.json) stands for the closed world's SFT model: say so
+    config = reward.RewardConfig(base_model=str(base_model), closed_world=True, **FAST)
+    result = reward.run(config, tmp_path, progress=False)
     out = result.output_dir
     assert out == tmp_path / "reward" and not (tmp_path / ".reward.partial").exists()
     m = result.metrics
     assert m["train_pairs"] == 64 + 2 and m["train_pairs_from_labels"] == 2  # the tie is left out
-    assert m["steps"] == 4 and 0 <= m["eval_accuracy"] <= 1 and m["eval_pairs"] == 300
+    assert m["steps"] == 4 and 0 <= m["eval_accuracy"] <= 1 and m["eval_pairs"] == 24
     assert 0 <= m["oracle_agreement"] <= 1 and m["oracle_decided_pairs"] > 0
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.num_labels == 1
     scored = [json.loads(line) for line in (out / "eval_scores.jsonl").read_text().splitlines()]
-    assert len(scored) == 300 and {"prompt", "chosen", "rejected", "score_chosen", "score_rejected"} <= set(scored[0])
+    assert len(scored) == 24 and {"prompt", "chosen", "rejected", "score_chosen", "score_rejected"} <= set(scored[0])
     assert (out / "oracle_pairs.jsonl").exists() and (out / "log.jsonl").exists()
     assert reward.run(reward.RewardConfig(base_model=str(base_model)), tmp_path, progress=False).reused
 

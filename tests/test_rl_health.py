@@ -48,7 +48,7 @@ def test_a_bar_that_must_be_passed_not_reached():
 
 def test_the_rl_verdict_is_the_win_rates_interval_above_a_coin_flip():
     from llmkit.evaluate import win_rate_ci
-    from llmkit.pipeline import RL_ROWS
+    from llmkit.measures import POLICY_ROWS as RL_ROWS
 
     bar = next(r for r in RL_ROWS if r.key == "oracle_win_rate_ci_low")
 
@@ -67,9 +67,10 @@ def test_the_rl_verdict_is_the_win_rates_interval_above_a_coin_flip():
 
 
 def test_rl_must_beat_sfts_oracle_score_by_a_margin():
-    from llmkit.pipeline import RL_ROWS
+    from llmkit.measures import POLICY_ROWS as RL_ROWS
 
     row = next(r for r in RL_ROWS if r.key == "eval_oracle_score")
     assert row.verdict({"eval_oracle_score": 0.56, "eval_oracle_score_sft": 0.5}) == "met"
     assert row.verdict({"eval_oracle_score": 0.54, "eval_oracle_score_sft": 0.5}) == "**not met**"
     assert row.bar() == "at least 0.05 above SFT"
+    assert row.verdict({"eval_oracle_score": 0.54, "eval_oracle_score_sft": 0.5}, closed_world=False) == ""  # no oracle

@@ -1,18 +1,33 @@
-"""The RL stages end to end on tiny models: llmkit's PPO (full and LoRA) and GRPO/RLOO/DPO through TRL, all
-writing the same run-folder contract."""
+"""The RL stages end to end on tiny models: llmkit's PPO (full and LoRA) and the TRL methods (GRPO, RLOO, DPO, KTO,
+...), all writing the same run-folder contract."""
 
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from llmkit.loaders import bundled_path, read_jsonl
+from llmkit import lifecycle, registry, runs
+from llmkit.loaders import Rejects, bundled_path, read_jsonl
 from llmkit.oracle import Oracle
 from llmkit.reward_model import LikelihoodRewardModel, answer_header
-from llmkit.rl import ppo, trl_methods
+from llmkit.rl import grpo, inputs, ppo
 from llmkit.runs import StageError
+
+# every RL stage of the registry but PPO (llmkit's own, tested on its own below): TRL's trainers
+TRL_METHODS = [s.name for s in registry.REGISTRY if s.module.startswith("llmkit.rl.") and s.name != "ppo"]
+
+
+def _run(method: str, run_dir, **options):
+    spec = registry.stage(method)
+    return spec.run(spec.config_for("smoke", **options), run_dir, progress=False)
+
+
+def _closed_world(folder, stage: str) -> None:
+    """Mark a hand-made folder as a stage run on the closed world (what llmkit's own stages write)."""
+    (folder / runs.STAGE_CONFIG).write_text(json.dumps({"stage": stage, "closed_world": True, "config": {}}))
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +36,8 @@ def rl_run(base_model, tmp_path_factory):
     the stage's default kind (PPO starts its value model from the folder's classifier; GRPO and RLOO call it
     through RewardModel.score). The chat app's fixture covers the last-token kind."""
     run = tmp_path_factory.mktemp("rl")
-    (run / "sft").symlink_to(base_model, target_is_directory=True)
+    shutil.copytree(base_model, run / "sft")
+    _closed_world(run / "sft", "sft")
     tok = AutoTokenizer.from_pretrained(base_model)
     torch.manual_seed(0)
     rm = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1)
@@ -29,6 +45,7 @@ def rl_run(base_model, tmp_path_factory):
     reference = AutoModelForCausalLM.from_pretrained(base_model)
     LikelihoodRewardModel(rm, reference, answer_header(tok)).save_pretrained(run / "reward")
     tok.save_pretrained(run / "reward")
+    _closed_world(run / "reward", "reward")
     return run
 
 
@@ -69,13 +86,13 @@ def test_ppo_stage_writes_a_policy_its_log_and_the_comparison_with_sft(rl_run, t
         assert sum(m[f"eval_flaws{suffix}"].values()) == 8
 
 
-@pytest.mark.parametrize("method", trl_methods.METHODS)
+@pytest.mark.parametrize("method", TRL_METHODS)
 def test_trl_methods_run_with_the_same_contract(rl_run, tmp_path, method):
     run = tmp_path / "run"
     run.mkdir()
     for name in ("sft", "reward"):
         (run / name).symlink_to(rl_run / name, target_is_directory=True)
-    result = trl_methods.run(trl_methods.config_for(method, "smoke", learning_rate=1e-3), run, progress=False)
+    result = _run(method, run, learning_rate=1e-3)
     out, m = result.output_dir, result.metrics
     assert out == run / method and m["method"] == method and m["steps"] == 3
     assert _changed(out, rl_run / "sft")
@@ -98,7 +115,7 @@ def test_missing_reward_model_and_bad_settings_are_reported(rl_run, tmp_path):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"question": "no prompt"}\n')
     with pytest.raises(Exception, match=r"prompts.jsonl:2: a prompt row needs `prompt`"):
-        ppo.run(ppo.config_for("smoke", prompts=str(bad)), run, progress=False)
+        ppo.run(ppo.config_for("smoke", train_data=str(bad)), run, progress=False)
     assert not (run / "ppo").exists() and not (run / ".ppo.partial").exists()
 
 
@@ -106,9 +123,8 @@ def test_grpo_against_the_verifier_needs_no_reward_model_and_measures_exact_answ
     run = tmp_path / "run"
     run.mkdir()
     (run / "sft").symlink_to(rl_run / "sft", target_is_directory=True)  # no reward model in this run
-    config = trl_methods.config_for("grpo", "smoke", reward="verifier", loss_type="dr_grpo",
-                                    importance_sampling_level="sequence", learning_rate=1e-3)
-    result = trl_methods.run(config, run, progress=False)
+    result = _run("grpo", run, reward="verifier", loss_type="dr_grpo", importance_sampling_level="sequence",
+                  learning_rate=1e-3)
     out, m = result.output_dir, result.metrics
     assert m["reward"] == "verifier" and m["reward_model"] is None and m["loss_type"] == "dr_grpo"
     samples = [json.loads(line) for line in (out / "task_samples.jsonl").read_text().splitlines()]
@@ -133,7 +149,7 @@ def test_grpo_against_the_reward_model_logs_the_oracle_beside_it(rl_run, tmp_pat
     run.mkdir()
     for name in ("sft", "reward"):
         (run / name).symlink_to(rl_run / name, target_is_directory=True)
-    result = trl_methods.run(trl_methods.config_for("grpo", "smoke", max_steps=2), run, progress=False)
+    result = _run("grpo", run, max_steps=2)
     records = [json.loads(line) for line in (result.output_dir / "log.jsonl").read_text().splitlines()]
     assert all("oracle_score" in r and "rm_reward" in r for r in records)
     assert [r["reward"] for r in records] == pytest.approx([r["rm_reward"] for r in records])  # the oracle: weight 0
@@ -144,20 +160,20 @@ def test_unknown_rewards_losses_and_tasks_without_answers_are_refused_before_tra
     run.mkdir()
     (run / "sft").symlink_to(rl_run / "sft", target_is_directory=True)
     with pytest.raises(StageError, match="these: grpo, dr_grpo, dapo.*cispo"):
-        trl_methods.run(trl_methods.config_for("grpo", "smoke", reward="verifier", loss_type="ppo"), run, progress=False)
+        _run("grpo", run, reward="verifier", loss_type="ppo")
+    (run / "reward").symlink_to(rl_run / "reward", target_is_directory=True)
     with pytest.raises(StageError, match="sigmoid.*ipo.*sigmoid_norm"):
-        trl_methods.run(trl_methods.config_for("dpo", "smoke", loss_type="nope"), run, progress=False)
-    with pytest.raises(StageError, match="RLOO has no loss types"):
-        trl_methods.run(trl_methods.config_for("rloo", "smoke", loss_type="grpo"), run, progress=False)
-    with pytest.raises(StageError, match="preference pairs.*grpo, rloo"):
-        trl_methods.run(trl_methods.config_for("dpo", "smoke", reward="verifier"), run, progress=False)
+        _run("dpo", run, loss_type="nope")
+    with pytest.raises(StageError, match="RLOOConfig has no field 'loss_type'"):  # RLOO has no losses to pick
+        _run("rloo", run, loss_type="grpo")
+    with pytest.raises(StageError, match="DPOConfig has no field 'reward'"):  # DPO learns from pairs, not a reward
+        _run("dpo", run, reward="verifier")
     with pytest.raises(Exception, match="accepted: model, verifier, both"):
-        trl_methods.run(trl_methods.config_for("grpo", "smoke", reward="judge"), run, progress=False)
+        _run("grpo", run, reward="judge")
     plain = tmp_path / "prompts.jsonl"
     plain.write_text('{"prompt": "Tell me a story."}\n{"prompt": "And another."}\n')
     with pytest.raises(Exception, match="prompts.jsonl:1: a task row needs a prompt .* and an answer to check"):
-        trl_methods.run(trl_methods.config_for("grpo", "smoke", reward="verifier", prompts=str(plain)), run,
-                        progress=False)
+        _run("grpo", run, reward="verifier", train_data=str(plain))
     assert not (run / "grpo").exists() and not (run / ".grpo.partial").exists()
 
 
@@ -178,12 +194,14 @@ def test_ppo_against_the_verifier_starts_its_value_model_from_the_policy(rl_run,
 def test_cispo_clips_its_importance_weight_at_trls_recommended_bound(rl_run, tmp_path):
     """TRL's cispo clamps the importance weight at epsilon_high, which defaults to epsilon (0.2): on-policy, where
     the weight is 1, every token's gradient would be a fifth of dapo's. llmkit sets ε_max as TRL recommends."""
-    config = trl_methods.config_for("grpo", "smoke", reward="verifier", loss_type="cispo")
     tasks = read_jsonl(bundled_path("tasks_train.jsonl"))[:4]
-    trainer, _ = trl_methods.build_trainer(config, rl_run / "sft", None, [t["prompt"] for t in tasks], None,
-                                           tmp_path, answers=[t["answer"] for t in tasks])
-    assert trainer.loss_type == "cispo" and trainer.epsilon_high == trl_methods.CISPO_EPSILON_MAX == 5.0
-    dapo, _ = trl_methods.build_trainer(trl_methods.config_for("grpo", "smoke", reward="verifier", loss_type="dapo"),
-                                        rl_run / "sft", None, [t["prompt"] for t in tasks], None, tmp_path / "dapo",
-                                        answers=[t["answer"] for t in tasks])
-    assert dapo.epsilon_high == pytest.approx(0.2)  # the others keep TRL's defaults
+    rl = inputs.RLInputs(rl_run / "sft", None, [t["prompt"] for t in tasks], [], Rejects(),
+                         answers=[t["answer"] for t in tasks])
+
+    def trainer(loss_type, folder):
+        work = lifecycle.Work(folder, tmp_path, runs.LogWriter(folder / "log.jsonl"), False, False, False, Rejects())
+        return grpo.build_trainer(grpo.config_for("smoke", reward="verifier", loss_type=loss_type), rl, work)[0]
+
+    cispo = trainer("cispo", tmp_path / "cispo")
+    assert cispo.loss_type == "cispo" and cispo.epsilon_high == grpo.CISPO_EPSILON_MAX == 5.0
+    assert trainer("dapo", tmp_path / "dapo").epsilon_high == pytest.approx(0.2)  # the others keep TRL's defaults

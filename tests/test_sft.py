@@ -10,7 +10,7 @@ from llmkit import sft
 from llmkit.loaders import DataError
 from llmkit.runs import StageError
 
-FAST = dict(max_steps=6, eval_every=3, batch_size=8, qa_limit=12)
+FAST = dict(max_steps=6, eval_every=3, batch_size=8, eval_limit=12)
 
 
 def test_loss_is_taken_on_assistant_tokens_only(base_model, tmp_path):
@@ -37,7 +37,9 @@ def test_full_sft_run_writes_a_chat_checkpoint_and_its_measurements(base_model, 
     from widgets.live_monitor import LiveMonitor
 
     monitor = LiveMonitor()
-    result = sft.run(sft.SFTConfig(base_model=str(base_model), **FAST), tmp_path, progress=False, callbacks=[monitor])
+    # the tiny base model is made by hand (no stage_config.json), from the closed world's tokenizer: say it is its
+    config = sft.SFTConfig(base_model=str(base_model), closed_world=True, **FAST)
+    result = sft.run(config, tmp_path, progress=False, callbacks=[monitor])
     out = result.output_dir
     assert out == tmp_path / "sft" and not (tmp_path / ".sft.partial").exists()
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -64,9 +66,9 @@ def test_full_sft_run_writes_a_chat_checkpoint_and_its_measurements(base_model, 
 
 
 def test_the_tiny_presets_lora_rank_leaves_room_for_the_embedding_rows_under_5_percent():
-    from llmkit.model import PRESETS, build_model, parameter_count
+    from llmkit.model import MODEL_SIZES, build_model, parameter_count
 
-    config, depth = sft.config_for("tiny", lora=True), PRESETS["tiny"].depth
+    config, depth = sft.config_for("tiny", lora=True), MODEL_SIZES["tiny"].depth
     tokenizer = type("Vocab", (), {"__len__": lambda self: 2048, "bos_token_id": 0, "eos_token_id": 1,
                                    "pad_token_id": 2})()  # the bundled tokenizer's size
     model = build_model(depth, tokenizer)
@@ -132,7 +134,8 @@ def test_tokens_pretraining_never_saw_train_their_rows_too(base_model, data_run,
     run.mkdir()
     (run / "data").symlink_to(data_run.output_dir, target_is_directory=True)
     shutil.copytree(base_model, run / "pretrain")
-    (run / "pretrain" / "stage_config.json").write_text(json.dumps({"data": None, "base_model": None}))
+    (run / "pretrain" / "stage_config.json").write_text(json.dumps(  # pretrained from scratch on RUN_DIR/data
+        {"stage": "pretrain", "inputs": {"train_data": "RUN_DIR/data", "base_model": "scratch"}, "config": {}}))
     seen = set()
     for split in load_from_disk(str(data_run.output_dir / "blocks")).values():
         for row in split["input_ids"]:

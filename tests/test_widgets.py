@@ -34,7 +34,7 @@ def test_inspector_shows_corpus_text_as_text(tmp_path):
              "homework. On Sundays there is a concert in the hall, and everyone is welcome to come and listen.")
     rows = [{"id": "evil", "text": evil}, {"id": "copy", "text": evil}, {"id": "other", "text": other}]
     corpus.write_text("\n".join(json.dumps(r) for r in rows))
-    data.run(data.DataConfig(corpus=str(corpus), block_size=16, vocab_size=300), tmp_path, progress=False)
+    data.run(data.DataConfig(train_data=str(corpus), block_size=16, vocab_size=300), tmp_path, progress=False)
     ci = CorpusInspector(tmp_path / "data")
     ci.select("kept")
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in ci.body.value

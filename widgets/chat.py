@@ -19,7 +19,7 @@ from pathlib import Path
 
 from llmkit import generation
 from llmkit.labels import LabelStore, make_item
-from llmkit.pipeline import model_folders
+from llmkit.registry import model_folders
 from llmkit.runs import StageError
 
 MAX_PANES = 4

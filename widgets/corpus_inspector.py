@@ -10,14 +10,13 @@ Texts are shown as text: everything from the corpus is HTML-escaped before it re
 from __future__ import annotations
 
 import html
-import json
 from collections import Counter
 from pathlib import Path
 
 import ipywidgets as w
 
 from llmkit.loaders import bundled_path, load_documents, read_jsonl
-from llmkit.runs import STAGE_CONFIG
+from llmkit.runs import read_stage_config
 
 
 class CorpusInspector:
@@ -26,9 +25,9 @@ class CorpusInspector:
         self.kept = read_jsonl(self.stage_dir / "documents.jsonl")
         self.removed = read_jsonl(self.stage_dir / "removed.jsonl")
         self.changes = read_jsonl(self.stage_dir / "changes.jsonl")
-        config = json.loads((self.stage_dir / STAGE_CONFIG).read_text(encoding="utf-8"))
-        corpus = config.get("corpus") or bundled_path("corpus.jsonl")
-        raw, _ = load_documents(corpus, config.get("text_field"), config.get("max_documents"))
+        config = read_stage_config(self.stage_dir) or {}
+        corpus = config.get("train_data") or bundled_path("corpus.jsonl")
+        raw, _ = load_documents(corpus, config.get("text_field"), config.get("max_examples"))
         self.raw = {d["id"]: d["text"] for d in raw}
         self.final = {d["id"]: d["text"] for d in self.kept}
         self.views = self._views()

@@ -1,1 +1,3 @@
-"""Reinforcement learning from the reward model: llmkit's own PPO (`llmkit.rl.ppo`)."""
+"""Reinforcement learning after SFT: llmkit's own PPO (`llmkit.rl.ppo`), and GRPO, RLOO, DPO, KTO and ORPO through
+TRL's trainers (`llmkit.rl.grpo`, ...), all reading their inputs alike (`llmkit.rl.inputs`) and evaluated alike
+(`llmkit.measures`, "policy")."""

@@ -62,108 +62,33 @@ the checkpoints and the model and evaluates it; the models are replicated on eve
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
 
-from llmkit import runs
-from llmkit.config import (
-    LORA_TARGETS_HELP,
-    MAX_BAD_ROWS_HELP,
-    SAVE_EVERY_HELP,
-    StageConfig,
-    configure,
-    option,
-)
-from llmkit.curves import save_curves
+import torch
+import torch.distributed as dist
+from accelerate.utils import gather, gather_object, pad_across_processes
+from peft import get_peft_model
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from trl.trainer.utils import disable_dropout_in_model
+
+from llmkit import lifecycle, runs
 from llmkit.formats import prompt_text
 from llmkit.generation import Generation, generate, response_logprobs
-from llmkit.loaders import read_jsonl, write_jsonl
-from llmkit.rl import health
-from llmkit.rl.inputs import REWARD_HELP, REWARDS, read_inputs
+from llmkit.loaders import Rejects, read_jsonl
+from llmkit.model import load_causal_lm
+from llmkit.options.ppo import PRESETS, PPOConfig, config_for
+from llmkit.oracle import Oracle
+from llmkit.reward_model import RewardModel
+from llmkit.rl import inputs
+from llmkit.training import lora_config, precision
 from llmkit.verifier import is_correct
-
-if TYPE_CHECKING:
-    import torch
-
-@dataclass
-class PPOConfig(StageConfig):
-    STAGE: ClassVar[str] = "ppo"
-
-    policy_model: str | None = option(None, "the policy to start from (default: RUN_DIR/sft)")
-    reward_model: str | None = option(None, "the reward model (default: RUN_DIR/reward); with the verifier alone, "
-                                            "only the value model starts from it (else from the policy)")
-    reward: str = option("model", REWARD_HELP, choices=REWARDS)
-    prompts: str | None = option(None, "prompts to optimise on: rows with a `prompt` (a string or messages), "
-                                       "conversations in any chat format, or instructions (default: the bundled RL "
-                                       "prompts)")
-    eval_prompts: str | None = option(None, "prompts to evaluate on (default: the bundled held-out RL prompts)")
-    max_bad_rows: float = option(0.01, MAX_BAD_ROWS_HELP)
-    max_steps: int = option(40, "PPO steps (one rollout batch each)")
-    batch_size: int = option(32, "prompts per rollout")
-    mini_batch_size: int = option(8, "rollouts per update")
-    ppo_epochs: int = option(2, "passes over each rollout batch")
-    # measured on tiny: 2e-5 keeps trained-entity QA within 4 points, 5e-5 loses 34
-    learning_rate: float = option(2e-5, "the policy's learning rate")
-    value_learning_rate: float = option(1e-4, "the value model's learning rate")
-    max_new_tokens: int = option(40, "tokens per answer at most")
-    temperature: float = option(0.7, "sampling temperature (the tiny SFT model at 1.0 rambles past EOS on most "
-                                     "prompts)")
-    missing_eos_penalty: float = option(1.0, "subtracted from the score of an answer that did not end by itself")
-    # 0.1 on the tiny preset: docs/decisions.md, "PPO's β = 0.1"
-    beta: float = option(0.1, "KL penalty coefficient β (the starting value with target_kl)")
-    kl_estimator: str = option("k1", "per-token KL estimator", choices=("k1", "k3"))
-    target_kl: float | None = option(None, "per-sequence KL to aim at, adapting β (default: β fixed)")
-    kl_horizon: int = option(10000, "adaptive β: how fast it adapts")
-    gamma: float = option(1.0, "discount")
-    lam: float = option(0.95, "GAE's λ")
-    cliprange: float = option(0.2, "policy ratio clip ε")
-    cliprange_value: float = option(0.2, "value clip ε_v")
-    vf_coef: float = option(0.1, "value loss weight c_v")
-    max_grad_norm: float = option(1.0, "gradient norm clipping")
-    lora: bool = option(False, "train a LoRA adapter on the policy (the reference is the policy with it off)")
-    lora_r: int = option(8, "LoRA rank")
-    lora_alpha: int = option(16, "LoRA alpha")
-    lora_dropout: float = option(0.0, "LoRA dropout")
-    lora_targets: str | list[str] = option("all-linear", LORA_TARGETS_HELP)
-    eval_every: int = option(10, "steps between evaluations")
-    save_every: int = option(10, SAVE_EVERY_HELP)
-    sample_every: int = option(10, "log a table of rollouts every N steps")
-    eval_limit: int = option(100, "held-out prompts for the final evaluation")
-    eval_samples_per_prompt: int = option(4, "answers per held-out prompt and side (400 comparisons, not 100)")
-    task_eval_limit: int | None = option(None, "with the verifier: held-out tasks to measure accuracy on (default: "
-                                               "all; 400 bundled)")
-    # The first 80 questions were too few for a 5-point bar: two seeds read +2.5 / -6.3 points there, +6.9 / -3.7 on all
-    qa_limit: int | None = option(None, "closed-world QA questions per split after training (default: all)")
-    closed_world: bool | None = option(None, "oracle scores in the log and the evaluation, and QA (default: with "
-                                             "the bundled prompts)")
-    stage_name: str | None = option(None, "output folder in the run (default: ppo)")
-    seed: int = option(0, "seed of the rollouts and the minibatch order")
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.batch_size % self.mini_batch_size:
-            raise runs.StageError(f"batch_size {self.batch_size} must be a multiple of mini_batch_size "
-                                  f"{self.mini_batch_size}")
-
-
-PRESETS: dict[str, dict] = {
-    "smoke": {"max_steps": 3, "batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 12, "eval_every": 2,
-              "sample_every": 2, "eval_limit": 8, "eval_samples_per_prompt": 1, "qa_limit": 8, "task_eval_limit": 8},
-    "tiny": {},
-    "small": {"max_steps": 200, "batch_size": 64, "mini_batch_size": 16, "max_new_tokens": 128, "learning_rate": 1e-5,
-              "value_learning_rate": 5e-5, "eval_every": 20, "sample_every": 20},
-    "gpt2": {"max_steps": 300, "batch_size": 64, "mini_batch_size": 16, "max_new_tokens": 256, "learning_rate": 5e-6,
-             "value_learning_rate": 2e-5, "eval_every": 25, "sample_every": 25},
-}
-
-
-def config_for(preset: str = "tiny", **overrides) -> PPOConfig:
-    return configure(PPOConfig, PRESETS, preset, overrides)
 
 
 # ---- the math, one function per equation ---------------------------------------------------------
@@ -322,9 +247,6 @@ def gather_rollout(r: Rollout, prompts: list, pad_token_id: int) -> Rollout:
     """Every process's rollout of its share of the batch, put together in the batch's order on every process as
     one process would have made it: the prompts left-padded to the widest prompt, the answers right-padded to the
     longest answer (padding that the masks leave out of every sum)."""
-    import torch
-    from accelerate.utils import gather, gather_object, pad_across_processes
-
     g = r.generation
 
     def together(x: torch.Tensor, pad: int = 0, left: bool = False) -> torch.Tensor:
@@ -345,8 +267,6 @@ def gather_rollout(r: Rollout, prompts: list, pad_token_id: int) -> Rollout:
 def sum_across_processes(tensors: list) -> None:
     """Replace each tensor, in place, by its sum over the processes: for the gradients of each process's share of
     a minibatch, the whole minibatch's gradient (what DDP's all-reduce makes)."""
-    import torch.distributed as dist
-
     for t in tensors:
         dist.all_reduce(t)
 
@@ -369,30 +289,28 @@ class PPOTrainer:
     `advantages_and_returns`, `update`, and the KL controller."""
 
     def __init__(self, config: PPOConfig, policy, tokenizer, reward_model, value_model, oracle=None):
-        import torch
-
         self.config, self.tokenizer, self.rm, self.oracle = config, tokenizer, reward_model, oracle
         self.policy, self.value_model = policy, value_model
         if config.lora:
-            from peft import get_peft_model
-
-            from llmkit.training import lora_config
-
             self.policy = get_peft_model(policy, lora_config(config, "CAUSAL_LM", policy))
             self.ref = None  # the reference is the policy with its adapter disabled
         else:
             self.ref = copy.deepcopy(policy).eval().requires_grad_(False)
+        # No dropout (LoRA's included), as TRL's PPO had it: the ratio of a step's first update must be 1, and the
+        # rollout's log-probabilities those of the policy that sampled it
+        disable_dropout_in_model(self.policy)
+        disable_dropout_in_model(self.value_model)
         self.opt = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=config.learning_rate)
         self.value_opt = torch.optim.AdamW(self.value_model.parameters(), lr=config.value_learning_rate)
         self.kl_ctl = KLController(config.beta, config.target_kl, config.kl_horizon)
+        # bf16 autocast where the config asks for it (auto: on a GPU that has it); the weights stay float32
+        self.bf16 = precision(config.mixed_precision) == "bf16"
         self.rng = random.Random(config.seed)  # minibatch order
         self.rollouts = 0  # rollouts sampled so far: with the seed, they seed the next one's draws (`rollout_seeds`)
         self.world_size = runs.world_size()
         check_processes(config, self.world_size)
         self.rank = 0
         if self.world_size > 1:  # every process starts from the main process's weights, as DDP does
-            import torch.distributed as dist
-
             self.rank = dist.get_rank()
             for p in self.trained_parameters():
                 dist.broadcast(p.data, src=0)
@@ -438,8 +356,6 @@ class PPOTrainer:
         reward model say about them. Each row draws from its own seed (`rollout_seeds`). Under N processes each
         one does this for its contiguous share of `prompts` (the whole batch, the same on every process), and every
         process gets the whole rollout back (`gather_rollout`)."""
-        import torch
-
         c = self.config
         if len(prompts) % self.world_size:
             raise runs.StageError(f"a batch of {len(prompts)} prompts cannot be shared by {self.world_size} processes: "
@@ -470,8 +386,6 @@ class PPOTrainer:
         """The clipped policy loss and value loss of rollout rows `rows` under the current policy and value model,
         with their statistics (clip fractions, approximate KL): what step 5 minimises. `n_tokens` is the loss's
         denominator (default: the answer tokens of `rows`)."""
-        import torch
-
         c, g = self.config, r.generation
         idx = torch.tensor(rows, device=g.mask.device)
         ids, att, n_prompt, width = trim_padding(g.input_ids[idx], g.attention_mask[idx], g.n_prompt, g.mask[idx])
@@ -486,8 +400,6 @@ class PPOTrainer:
         """Step 5: `ppo_epochs` passes over shuffled minibatches, each one AdamW step of policy and value model
         on the clipped losses. Returns the mean of each loss statistic. Under N processes each one takes its 1/N of
         every minibatch and the gradients are summed over the processes before the step."""
-        import torch
-
         c, g = self.config, r.generation
         stats: dict[str, list] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": [], "vf_clipfrac": []}
         self.policy.train()
@@ -522,6 +434,11 @@ class PPOTrainer:
     def step(self, prompts: list, answers: list | None = None) -> tuple[dict, Rollout]:
         """One PPO step on a batch of prompts (with the verifier: and their expected answers); returns its log record
         and the rollout."""
+        with torch.autocast(next(self.policy.parameters()).device.type, torch.bfloat16) if self.bf16 \
+                else contextlib.nullcontext():
+            return self._step(prompts, answers)
+
+    def _step(self, prompts: list, answers: list | None) -> tuple[dict, Rollout]:
         c = self.config
         r = self.rollout(prompts, answers)
         mask = r.generation.mask
@@ -547,107 +464,78 @@ class PPOTrainer:
 
 
 # ---- the stage -----------------------------------------------------------------------------------
-def run(config: PPOConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
-        callbacks: tuple = ()) -> runs.StageResult:
-    """Optimise the SFT policy against the reward model with PPO and write RUN_DIR/ppo. On N processes (a launcher
-    started them) each one does its share of every step; the main process writes the folder."""
-    import torch
+def read_inputs(config: PPOConfig, run_dir: Path, rejects: Rejects) -> inputs.RLInputs:
+    if precision(config.mixed_precision) == "fp16":
+        raise runs.StageError("mixed_precision=fp16: llmkit's PPO runs in bf16 or float32 (fp16 would need a loss "
+                              "scaler); give bf16, no or auto")
+    rl = inputs.read_inputs(config, run_dir, rejects)
+    check_processes(config, runs.world_size())  # joins a launcher's process group: it picks this process's GPU
+    return rl
 
-    from llmkit.evaluate import evaluate_policy
-    from llmkit.model import load_causal_lm
 
-    run_dir = Path(run_dir)
-    out = runs.Stage(run_dir, config.output_name, overwrite, resumable=True)
-    if out.reusable:
-        return out.reuse()
-    inputs = read_inputs(config, run_dir)  # bad input writes nothing
-    prompts = inputs.prompts
-    # join a launcher's process group before loading: it picks this process's GPU
-    check_processes(config, runs.world_size())
+def train(config: PPOConfig, rl: inputs.RLInputs, work: lifecycle.Work) -> dict:
     main = runs.is_main_process()
-    with out:
-        resume = out.same_config(config)  # a killed run of this config left a checkpoint: go on from it
-        if main:
-            inputs.rejects.write(out.work)
-        torch.manual_seed(config.seed)
-        tokenizer, policy, rm, value = load_models(inputs.policy_dir, inputs.rm_dir, with_rm=config.reward != "verifier")
-        oracle = _oracle() if inputs.closed_world and main else None  # it scores the log's rollouts and the evaluation
-        trainer = PPOTrainer(config, policy, tokenizer, rm, value, oracle)
-        log = runs.LogWriter(out.work / "log.jsonl", callbacks)
-        rng = random.Random(config.seed)
-        order: list[int] = []
-        checkpoint, first = out.work / "checkpoint.pt", 1
-        if resume and checkpoint.exists():
-            saved = torch.load(checkpoint, weights_only=False)  # written by this stage, below
-            trainer.load_state_dict(saved["trainer"])
-            rng.setstate(saved["rng"])
-            order, first = saved["order"], saved["step"] + 1
-            torch.set_rng_state(saved["torch_rng"])
-            if torch.cuda.is_available() and saved.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state_all(saved["cuda_rng"])
-            log.keep_until(saved["step"])
-        start = time.perf_counter()
-        bar = _progress(config.max_steps, progress and main)
+    torch.manual_seed(config.seed)
+    tokenizer, policy, rm, value = load_models(rl.policy_dir, rl.rm_dir, with_rm=config.reward != "verifier")
+    oracle = Oracle() if work.closed_world and main else None  # it scores the log's rollouts
+    trainer = PPOTrainer(config, policy, tokenizer, rm, value, oracle)
+    prompts, log = rl.prompts, work.log
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    checkpoint, first = work.dir / "checkpoint.pt", 1
+    if work.resume and checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)  # written by this stage, below
+        trainer.load_state_dict(saved["trainer"])
+        rng.setstate(saved["rng"])
+        order, first = saved["order"], saved["step"] + 1
+        torch.set_rng_state(saved["torch_rng"])
+        if torch.cuda.is_available() and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        log.keep_until(saved["step"])
+    start = time.perf_counter()
+    bar = tqdm(total=config.max_steps, desc="ppo", initial=first - 1) if work.progress else None
+    for step in range(first, config.max_steps + 1):
+        if len(order) < config.batch_size:  # every prompt once per pass, in a new order each pass
+            fresh = list(range(len(prompts)))
+            rng.shuffle(fresh)
+            order += fresh
+        batch = [prompts[i] for i in order[: config.batch_size]]
+        answers = [rl.answers[i] for i in order[: config.batch_size]] if rl.answers else None
+        del order[: config.batch_size]
+        t0 = time.perf_counter()
+        record, rollout = trainer.step(batch, answers)
+        record = {"step": step, **record, "step_seconds": time.perf_counter() - t0}
+        if step % config.sample_every == 0 or step == config.max_steps:
+            record["samples"] = [{"prompt": prompt_text(p), "continuation": t, "reward": round(float(s), 3)}
+                                 for p, t, s in list(zip(batch, rollout.generation.texts, rollout.scores.tolist()))[:6]]
+        log.write(record)
+        if config.save_every > 0 and step % config.save_every == 0 and step < config.max_steps and main:
+            save_checkpoint(checkpoint, {"trainer": trainer.state_dict(), "rng": rng.getstate(), "order": order,
+                                         "step": step, "torch_rng": torch.get_rng_state(),
+                                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                                         else None})
         if bar is not None:
-            bar.update(first - 1)
-        for step in range(first, config.max_steps + 1):
-            if len(order) < config.batch_size:  # every prompt once per pass, in a new order each pass
-                fresh = list(range(len(prompts)))
-                rng.shuffle(fresh)
-                order += fresh
-            batch = [prompts[i] for i in order[: config.batch_size]]
-            answers = [inputs.answers[i] for i in order[: config.batch_size]] if inputs.answers else None
-            del order[: config.batch_size]
-            t0 = time.perf_counter()
-            record, rollout = trainer.step(batch, answers)
-            record = {"step": step, **record, "step_seconds": time.perf_counter() - t0}
-            if step % config.sample_every == 0 or step == config.max_steps:
-                record["samples"] = [{"prompt": prompt_text(p), "continuation": t, "reward": round(float(s), 3)}
-                                     for p, t, s in list(zip(batch, rollout.generation.texts, rollout.scores.tolist()))[:6]]
-            log.write(record)
-            if config.save_every > 0 and step % config.save_every == 0 and step < config.max_steps and main:
-                save_checkpoint(checkpoint, {"trainer": trainer.state_dict(), "rng": rng.getstate(), "order": order,
-                                             "step": step, "torch_rng": torch.get_rng_state(),
-                                             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
-                                             else None})
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(reward=f"{record['reward']:.2f}", kl=f"{record['kl']:.2f}")
-        if bar is not None:
-            bar.close()
-        train_seconds = time.perf_counter() - start  # since the start or the resume
-        if not main:  # every process holds the same trained weights: the main one saves and evaluates them
-            return runs.StageResult(out.name, out.final, {})
-        checkpoint.unlink(missing_ok=True)
-
-        model = trainer.policy.merge_and_unload() if config.lora else trainer.policy
-        model.eval()
-        model.save_pretrained(out.work, safe_serialization=True)
-        tokenizer.save_pretrained(out.work)
-        records = read_jsonl(out.work / "log.jsonl")
-        checks, warnings = health.check(records)
-        metrics = {"policy_model": str(inputs.policy_dir), "reward": config.reward,
-                   "reward_model": str(inputs.rm_dir) if inputs.rm_dir else None, "steps": config.max_steps,
-                   "train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, config.max_steps),
-                   "final_beta": trainer.kl_ctl.value, "rejected_rows": len(inputs.rejects.rows),
-                   "resumed_from_step": first - 1, "processes": trainer.world_size,
-                   "prompts_cut": sum(r.get("prompts_cut", 0) for r in records), **checks}
-        ref = trainer.ref if trainer.ref is not None else load_causal_lm(inputs.policy_dir, next(model.parameters()).device)
-        evaluation = evaluate_policy(model, ref, tokenizer, rm, inputs.eval_prompts, config, inputs.policy_dir, oracle,
-                                     inputs.eval_answers, inputs.more_eval)
-        write_jsonl(out.work / "eval_samples.jsonl", evaluation.pop("rows"))
-        if "task_rows" in evaluation:
-            write_jsonl(out.work / "task_samples.jsonl", evaluation.pop("task_rows"))
-        metrics.update(evaluation)
-        metrics["warnings"] = evaluation.get("warnings", []) + warnings
-        save_curves(out.work)
-        return out.commit(config, metrics)
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward']:.2f}", kl=f"{record['kl']:.2f}")
+    if bar is not None:
+        bar.close()
+    train_seconds = time.perf_counter() - start  # since the start or the resume
+    if not main:  # every process holds the same trained weights: the main one saves them
+        return {}
+    checkpoint.unlink(missing_ok=True)
+    model = trainer.policy.merge_and_unload() if config.lora else trainer.policy
+    model.eval()
+    model.save_pretrained(work.dir, safe_serialization=True)
+    tokenizer.save_pretrained(work.dir)
+    records = read_jsonl(work.dir / "log.jsonl")
+    return {"reward": config.reward, "steps": config.max_steps, "train_seconds": train_seconds,
+            "seconds_per_step": train_seconds / max(1, config.max_steps), "final_beta": trainer.kl_ctl.value,
+            "resumed_from_step": first - 1, "processes": trainer.world_size,
+            "prompts_cut": sum(r.get("prompts_cut", 0) for r in records)}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write the resume state next to `path` and rename it into place: a kill while saving leaves the last one."""
-    import torch
-
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -657,12 +545,6 @@ def load_models(policy_dir: Path, rm_dir: Path | None, with_rm: bool = True):
     """(tokenizer, policy, reward model, value model initialised from the reward model), on the GPU if there is one.
     Without `rm_dir` (the verifier alone rewards) the value model starts from the policy with a new head, and
     without `with_rm` no reward model is loaded (None)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from llmkit.model import load_causal_lm
-    from llmkit.reward_model import RewardModel
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(policy_dir, local_files_only=True)
     policy = load_causal_lm(policy_dir, device)
@@ -675,15 +557,8 @@ def load_models(policy_dir: Path, rm_dir: Path | None, with_rm: bool = True):
     return tokenizer, policy, rm, value
 
 
-def _oracle():
-    from llmkit.oracle import Oracle
-
-    return Oracle()
-
-
-def _progress(total: int, on: bool):
-    if not on:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="ppo")
+# The stage's life in its run folder (reuse, read the inputs, train, measure, commit): llmkit.lifecycle
+run = lifecycle.runner(read_inputs, train, "Optimise the SFT policy against the reward model with PPO and write "
+                       "RUN_DIR/ppo. On N processes (a launcher started them) each one does its share of every step; "
+                       "the main process writes the folder.")
+__all__ = ["PPOConfig", "PRESETS", "config_for", "run"]  # its options: llmkit.options.ppo
