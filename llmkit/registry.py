@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from llmkit.errors import StageError
-from llmkit.options import as_dict, data, dpo, grpo, kto, ppo, pretrain, reward, rloo, sft
+from llmkit.options import as_dict, data, dpo, grpo, kto, orpo, ppo, pretrain, reward, rloo, sft
 from llmkit.recipes import TOP_LEVEL, stage_options
 
 PRESET_NAMES = ("smoke", "tiny", "small", "gpt2")  # smoke: seconds, for tests; tiny: a CPU in minutes; small, gpt2: GPUs
@@ -95,6 +95,8 @@ REGISTRY = (
         ("dpo_norm", {"loss_type": "sigmoid_norm"}, "length-normalised DPO: log-ratios per token, not per answer"))),
     StageSpec("kto", kto, "llmkit.rl.kto", "chat", in_default_pipeline=False, lab=lab(
         ("kto", {}, "KTO: each answer judged alone against a reference point, no pairs"))),
+    StageSpec("orpo", orpo, "llmkit.rl.orpo", "chat", in_default_pipeline=False, lab=lab(
+        ("orpo", {}, "ORPO: the chosen answers' SFT loss plus an odds-ratio term, no reference model"))),
 )
 STAGES: dict[str, StageSpec] = {s.name: s for s in REGISTRY}
 DEFAULT_STAGES = tuple(s.name for s in REGISTRY if s.in_default_pipeline)
