@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from llmkit.loaders import DataError, ReadStats, Rejects, bundled_path, iter_records, reject
+from llmkit.options import CHAT_FORMATS, PREFERENCE_FORMATS
 from llmkit.verifier import ANSWER_FIELDS, expected_answer
 
 ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
@@ -32,7 +33,6 @@ EXPECTED = {
     "hh": "`chosen` (or `text`): a transcript of '\\n\\nHuman: …' and '\\n\\nAssistant: …' turns",
     "self_instruct": "`instruction` and `instances`: a list of {input, output}",
 }
-FORMATS = tuple(EXPECTED)
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
 
 
@@ -162,7 +162,7 @@ def detect_format(row: dict) -> str | None:
 def to_messages(row: dict, data_format: str) -> list[list[dict]]:
     """The conversations (usually one) in a row of `data_format`. Raises ValueError saying what is wrong."""
     if data_format not in EXPECTED:
-        raise ValueError(f"unknown format {data_format!r}; accepted: {', '.join(FORMATS)}")
+        raise ValueError(f"unknown format {data_format!r}; accepted: {', '.join(CHAT_FORMATS)}")
     if not isinstance(row, dict):
         raise ValueError(f"the row is a {type(row).__name__}, not an object")
     convert = {"messages": _from_messages, "alpaca": _from_alpaca, "sharegpt": _from_sharegpt,
@@ -172,11 +172,11 @@ def to_messages(row: dict, data_format: str) -> list[list[dict]]:
 
 def read_conversations(path: str | Path, data_format: str = "auto", limit: int | None = None,
                        rejects: Rejects | None = None) -> list[dict]:
-    """Rows {"messages": [...]} from a file or folder in any of FORMATS (`auto`: detected from the first row that
+    """Rows {"messages": [...]} from a file or folder in any of CHAT_FORMATS (`auto`: detected from the first row that
     matches one). A row that cannot be read goes to `rejects`, with its file, line and the fields expected;
     without one, it stops the read."""
     if data_format != "auto" and data_format not in EXPECTED:
-        raise DataError(f"data_format={data_format!r} is not a format llmkit reads; accepted: auto, {', '.join(FORMATS)}")
+        raise DataError(f"data_format={data_format!r} is not a format llmkit reads; accepted: auto, {', '.join(CHAT_FORMATS)}")
     out: list[dict] = []
     fmt = None if data_format == "auto" else data_format
     for row, where in _rows(path, rejects):
@@ -301,7 +301,6 @@ PREFERENCE_EXPECTED = {
     "implicit": "`chosen` and `rejected`: whole conversations (lists of messages) that share a prompt",
     "hh": "`chosen` and `rejected`: '\\n\\nHuman: …\\n\\nAssistant: …' transcripts that share a prompt",
 }
-PREFERENCE_FORMATS = tuple(PREFERENCE_EXPECTED)
 
 
 def detect_preference_format(row: dict) -> str | None:

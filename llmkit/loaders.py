@@ -46,12 +46,12 @@ from llmkit.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEXT_FIELDS = ("text", "content", "document", "body", "raw_content")
-FORMATS = {
+FILE_FORMATS = {
     "jsonl": (".jsonl", ".ndjson"), "json": (".json",), "parquet": (".parquet",), "arrow": (".arrow", ".feather"),
     "csv": (".csv",), "tsv": (".tsv", ".tab"), "warc": (".warc", ".arc"), "wet": (".wet",),
     "text": (".txt", ".text", ".md"),
 }
-SUFFIXES = tuple(s for suffixes in FORMATS.values() for s in suffixes)
+SUFFIXES = tuple(s for suffixes in FILE_FORMATS.values() for s in suffixes)
 COMPRESSIONS = (".gz", ".zst")
 TEXT_CHARS = 10_000  # a plain-text document's size budget: FineWeb's documents are mostly shorter
 
@@ -118,7 +118,7 @@ class ReadStats:
 
 
 def accepted() -> str:
-    return "; ".join(f"{name} ({' '.join(s)})" for name, s in FORMATS.items()) + \
+    return "; ".join(f"{name} ({' '.join(s)})" for name, s in FILE_FORMATS.items()) + \
         f", each optionally {' or '.join(COMPRESSIONS)}, a folder of them, or a datasets.save_to_disk folder"
 
 
@@ -150,7 +150,7 @@ def _format_of(path: Path) -> str | None:
         suffixes.pop()
     if not suffixes:
         return None
-    return next((name for name, known in FORMATS.items() if suffixes[-1] in known), None)
+    return next((name for name, known in FILE_FORMATS.items() if suffixes[-1] in known), None)
 
 
 def _open_binary(path: Path):

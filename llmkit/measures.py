@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from llmkit import runs
 from llmkit.evaluate import (
     closed_world_qa,
     evaluate_policy,
@@ -201,9 +200,3 @@ def _policy(s: Subject) -> dict:
     return {**checks, **evaluation, "warnings": evaluation.get("warnings", []) + warnings,
             "policy_model": str(i.policy_dir), "reward_model": str(i.rm_dir) if i.rm_dir else None}
 
-
-def folder_measures(folder: str | Path) -> tuple[tuple[str, ...], bool] | None:
-    """(the names of a finished folder's measurements, whether its inputs were the closed world), from its
-    stage_config.json; None for a folder no stage of this llmkit wrote."""
-    record = runs.provenance(folder)
-    return None if record is None else (tuple(record.get("measures", ())), bool(record.get("closed_world")))

@@ -24,7 +24,7 @@ The result is a checkpoint folder (the classifier as a plain transformers model;
 `reference/` and the gate), and `llmkit.reward_model.RewardModel.load(folder).score(prompts, responses)` is
 what RL and the chat app call.
 
-Training data: the bundled closed-world pairs (or any file in formats.PREFERENCE_FORMATS — explicit prompt,
+Training data: the bundled closed-world pairs (or any file in llmkit.options.PREFERENCE_FORMATS — explicit prompt,
 implicit prompt, Anthropic-HH transcripts) plus the labels people made in the annotation app
 (RUN_DIR/labels.jsonl; ties and "both bad" are left out). Measured: pairwise accuracy and mean margin on the
 eval split, and — on the closed world — how often the RM orders two fresh answers of the SFT model the way the

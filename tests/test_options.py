@@ -64,6 +64,13 @@ def test_a_stage_says_its_own_words_in_the_shared_help():
     assert options.StageConfig.help_of.__doc__
 
 
+def test_the_formats_the_options_name_are_the_ones_llmkit_reads():
+    from llmkit import formats
+
+    assert tuple(formats.EXPECTED) == options.CHAT_FORMATS
+    assert tuple(formats.PREFERENCE_EXPECTED) == options.PREFERENCE_FORMATS
+
+
 def test_the_docs_table_of_options_is_the_one_the_code_makes():
     made = subprocess.run([sys.executable, str(ROOT / "docs" / "options_table.py")], capture_output=True, text=True,
                           check=True).stdout.strip()

@@ -28,6 +28,10 @@ MISSING = dataclasses.MISSING
 BUNDLED = "bundled"  # an input that, when unset, is the bundled closed world's file
 SCRATCH = "scratch"  # an input that, when unset, is nothing: a model built from scratch
 PRECISIONS = ("auto", "bf16", "fp16", "no")
+# The row formats llmkit reads (`llmkit.formats` reads each; the stages' data_format takes them): conversations for
+# SFT, preference pairs for the reward model and DPO, KTO, ORPO
+CHAT_FORMATS = ("messages", "alpaca", "sharegpt", "prompt_completion", "hh", "self_instruct")
+PREFERENCE_FORMATS = ("explicit", "implicit", "hh")
 
 
 def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING,
@@ -84,7 +88,7 @@ class StageConfig:
     @classmethod
     def help_of(cls, name: str) -> str:
         """A field's help as this stage says it: the group's text with the stage's words filled in."""
-        words = {"folder": cls.STAGE, **{k: v for k, v in cls.WORDS.items()}}
+        words = {"folder": cls.STAGE, **cls.WORDS}
         return cls.__dataclass_fields__[name].metadata.get("help", "").format_map(_Words(words))
 
     @classmethod

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from llmkit.options import (
     BUNDLED,
+    PREFERENCE_FORMATS,
     EmbeddingOptions,
     EpochOptions,
     PeriodicEvalOptions,
@@ -16,7 +17,6 @@ from llmkit.options import (
     retune,
 )
 
-PREFERENCE_FORMATS = ("explicit", "implicit", "hh")  # llmkit.formats'
 HEADS = ("likelihood", "last_token")
 
 

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from llmkit.options import (
     BUNDLED,
+    PREFERENCE_FORMATS,
     CheckpointOptions,
     DataOptions,
     EvalDataOptions,
@@ -23,7 +24,6 @@ from llmkit.options import (
     StageConfig,
     retune,
 )
-from llmkit.options.reward import PREFERENCE_FORMATS
 
 # The words of the shared options' help, for every RL stage (a stage adds its own)
 WORDS = {"base": "RUN_DIR/sft; also the reference the policy is compared with",

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from llmkit.options import BUNDLED, TrainerStageConfig, WeightDecayOptions, configure, option
-
-CHAT_FORMATS = ("messages", "alpaca", "sharegpt", "prompt_completion", "hh", "self_instruct")  # llmkit.formats'
+from llmkit.options import BUNDLED, CHAT_FORMATS, TrainerStageConfig, WeightDecayOptions, configure, option
 
 
 @dataclass
