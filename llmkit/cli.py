@@ -105,7 +105,7 @@ def _help(f: dataclasses.Field, s: StageSpec) -> str:
     """The field's help as the stage words it, its default, and the presets that change it."""
     text = s.config_class.help_of(f.name)
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    notes = [] if "(default" in text else [f"default: {default}"]  # a help that explains its default says it
+    notes = [] if "default:" in text else [f"default: {default}"]  # a help that explains its default says it
     notes += [f"{name} {settings[f.name]}" for name, settings in s.presets.items() if f.name in settings]
     text += f" ({'; '.join(notes)})" if notes else ""
     return text.replace("%", "%%")  # argparse formats help with %
