@@ -83,7 +83,7 @@ def time_grpo(run_dir: Path, prompts: list, steps: int, max_new_tokens: int) -> 
     work.mkdir(exist_ok=True)
     rl = inputs.RLInputs(run_dir / "sft", run_dir / "reward", prompts, [], Rejects())
     trainer, _, _ = grpo.build_trainer(cfg, rl, lifecycle.Work(work, run_dir, runs.LogWriter(work / "log.jsonl"), False,
-                                                               False, False, Rejects()))
+                                                               False, False))
     trainer.add_callback(clock)
     trainer.train()
     return {"seconds": statistics.mean(clock.marks[1:]), "length": statistics.mean(clock.lengths[1:] or clock.lengths)}

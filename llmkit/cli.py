@@ -47,20 +47,17 @@ def add_config_options(parser, s: StageSpec, prefix: str = "", grouped: bool = F
     under a heading per option group (`llmkit.options.GROUPS`), the stage's own options first."""
     cls = s.config_class
     hints = typing.get_type_hints(cls)
-    headings = {}
-    if grouped:
-        headings[None] = parser.add_argument_group(f"{s.name} options")
-        for label, _ in GROUPS:
-            headings[label] = None  # made on first use, in this order
-    for f in sorted(dataclasses.fields(cls), key=lambda f: group_of(f.name) is not None) if grouped \
-            else dataclasses.fields(cls):
+    order = [None, *(label for label, _ in GROUPS)]  # the stage's own options, then the groups in their order
+    headings: dict = {}
+    fields = dataclasses.fields(cls)
+    for f in sorted(fields, key=lambda f: order.index(group_of(f.name))) if grouped else fields:
         if not f.metadata.get("cli", True):
             continue
         target = parser
         if grouped:
             label = group_of(f.name)
-            if headings.get(label) is None:
-                headings[label] = parser.add_argument_group(f"{label} options")
+            if label not in headings:
+                headings[label] = parser.add_argument_group(f"{label or s.name} options")
             target = headings[label]
         kind, optional = _unwrap(hints[f.name])
         flag = "--" + prefix + f.name.replace("_", "-")

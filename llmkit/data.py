@@ -78,7 +78,6 @@ def train(config: DataConfig, corpus: Corpus, work: lifecycle.Work) -> dict:
         "documents_removed": len(ledger.removed),
         "documents_changed": len({c["id"] for c in ledger.changes}),
         "replaced_undecodable_chars": corpus.stats.replaced_chars,
-        "rejected_rows": len(work.rejects.rows),  # rows that could not be read: rejected_rows.jsonl says why
         "skipped_while_reading": corpus.stats.skipped,  # records that hold no document (a WARC request, …)
         "text_field_detected": corpus.stats.text_field,
         "language_id": "on" if config.language_model else "skipped (no language_model file given)",

@@ -45,7 +45,6 @@ class Work:
     resume: bool  # a killed run of this same config left its checkpoints here: go on from the last
     progress: bool
     closed_world: bool  # every input is the bundled closed world's (`origin`)
-    rejects: Rejects
 
     @property
     def name(self) -> str:
@@ -89,16 +88,16 @@ def _run(config, run_dir: Path, read_inputs: Callable, train: Callable, overwrit
     if folder.reusable:
         return folder.reuse()
     where = origin(config, run_dir)
-    rejects = Rejects(getattr(config, "max_bad_rows", 0.0))
+    rejects = Rejects(config.max_bad_rows)
     inputs = read_inputs(config, run_dir, rejects)  # bad input raises here: nothing is written
-    rejects.check(getattr(config, "train_data", None) or f"the {config.STAGE} stage's data")
+    rejects.check(config.train_data or f"the {config.STAGE} stage's data")
     main = runs.is_main_process()
     with folder:
         resume = config.RESUMABLE and (folder.same_config(config) if config.RESUME_ONLY_SAME_CONFIG else True)
         if main:
             rejects.write(folder.work)
         work = Work(folder.work, run_dir, LogWriter(folder.work / "log.jsonl", callbacks), resume, progress and main,
-                    where["closed_world"], rejects)
+                    where["closed_world"])
         start = time.perf_counter()
         metrics = train(config, inputs, work)
         seconds = time.perf_counter() - start

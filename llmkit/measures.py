@@ -16,6 +16,7 @@ inputs were the closed world; on other data the same row shows its value and no 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,11 +58,18 @@ class Subject:
     def device(self) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    # loaded once for all of a stage's measurements (the reward model's two read the same one)
+    @functools.cached_property
     def model(self):
         return load_causal_lm(self.folder, self.device)
 
+    @functools.cached_property
     def tokenizer(self):
         return AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
+
+    @functools.cached_property
+    def reward_model(self) -> RewardModel:
+        return RewardModel.load(self.folder, self.device)
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,7 @@ declare("habits", (Row("rude or rambling answers (SFT's)", "eval_habit_rate", be
 # ---- pretraining: did it store the facts? -----------------------------------------------------------
 @declare("fact_completion", (Row("base fact completion", "fact_completion", at_least=0.8),), closed_world=True)
 def _fact_completion(s: Subject) -> dict:
-    fc = fact_completion(s.model(), s.tokenizer())
+    fc = fact_completion(s.model, s.tokenizer)
     return {"fact_completion": fc["fact_completion"],
             "fact_completion_by_attribute": {k: v for k, v in fc.items() if k not in ("fact_completion", "examples")},
             "fact_completion_examples": fc["examples"]}
@@ -128,8 +136,7 @@ def _fact_completion(s: Subject) -> dict:
 # ---- SFT: does it activate what pretraining stored? -------------------------------------------------
 def _qa(s: Subject) -> dict:
     """Closed-world QA of the fine-tuned model beside its base model's, and a few answers to the log."""
-    model = s.model()
-    out = closed_world_qa(model, s.tokenizer(), s.config.eval_limit, load_causal_lm(s.inputs.base, s.device), "base")
+    out = closed_world_qa(s.model, s.tokenizer, s.config.eval_limit, load_causal_lm(s.inputs.base, s.device), "base")
     s.work.log.write({"step": s.metrics.get("steps", 0), "samples": [
         {"prompt": e["prompt"], "continuation": e["answer"]} for e in out.get("qa_heldout_examples", [])[:4]]})
     return out
@@ -144,8 +151,7 @@ declare("lora_qa", (Row("held-out QA", "qa_heldout"),), closed_world=True)(_qa)
 # ---- the reward model: does it rank pairs, and fresh answers as the oracle does? --------------------
 @declare("pairwise_accuracy", (Row("pairwise accuracy (eval split)", "eval_accuracy", at_least=0.9),))
 def _pairwise(s: Subject) -> dict:
-    rm = RewardModel.load(s.folder, s.device)
-    pairs = pairwise_accuracy(rm, s.inputs.eval_rows)
+    pairs = pairwise_accuracy(s.reward_model, s.inputs.eval_rows)
     write_jsonl(s.folder / "eval_scores.jsonl", pairs["rows"])
     return {"eval_accuracy": pairs["accuracy"], "eval_margin": pairs["margin"], "eval_pairs": len(s.inputs.eval_rows)}
 
@@ -153,9 +159,8 @@ def _pairwise(s: Subject) -> dict:
 @declare("oracle_agreement", (Row("agreement with the oracle, fresh SFT answers", "oracle_agreement"),),
          closed_world=True)
 def _oracle_agreement(s: Subject) -> dict:
-    rm = RewardModel.load(s.folder, s.device)
     prompts = read_prompts(bundled_path("rl_prompts_eval.jsonl"), limit=s.config.eval_limit)
-    agreement = oracle_agreement(rm, load_causal_lm(s.inputs.base, s.device), prompts, seed=s.config.seed)
+    agreement = oracle_agreement(s.reward_model, load_causal_lm(s.inputs.base, s.device), prompts, seed=s.config.seed)
     write_jsonl(s.folder / "oracle_pairs.jsonl", agreement.pop("rows"))
     return agreement
 
@@ -188,10 +193,9 @@ def _policy(s: Subject) -> dict:
     """An RL stage's policy against the SFT model it started from (`llmkit.evaluate.evaluate_policy`), and the
     health checks of its training log (`llmkit.rl.health`)."""
     i = s.inputs
-    model = s.model()
     rm = RewardModel.load(i.rm_dir, s.device) if i.rm_dir is not None else None
     oracle = Oracle() if s.work.closed_world else None
-    evaluation = evaluate_policy(model, load_causal_lm(i.policy_dir, s.device), s.tokenizer(), rm, i.eval_prompts,
+    evaluation = evaluate_policy(s.model, load_causal_lm(i.policy_dir, s.device), s.tokenizer, rm, i.eval_prompts,
                                  s.config, i.policy_dir, oracle, i.eval_answers, i.more_eval)
     write_jsonl(s.folder / "eval_samples.jsonl", evaluation.pop("rows"))
     if "task_rows" in evaluation:

@@ -27,7 +27,7 @@ from llmkit.generation import chat_generate, greedy_continuations
 from llmkit.loaders import Rejects, bundled_path, read_jsonl, write_jsonl
 from llmkit.measures import rows_of
 from llmkit.model import load_causal_lm
-from llmkit.registry import DEFAULT_STAGES, PRESET_NAMES, REGISTRY, STAGES, model_folders, stage
+from llmkit.registry import DEFAULT_STAGES, PRESET_NAMES, REGISTRY, STAGES, model_folders, resolve, stage
 from llmkit.report import Row
 from llmkit.runs import StageResult
 
@@ -53,8 +53,7 @@ def run_pipeline(run_dir: str | Path = "runs/demo", preset: str = "tiny", stages
     overrides = overrides or {}
     for name in [*stages, *overrides]:
         stage(name)  # an unknown stage fails before anything runs
-    configs = {name: stage(name).config_for(preset, **overrides.get(name, {})) for name in stages}
-    return run_configs(run_dir, configs, overwrite, progress)
+    return run_configs(run_dir, resolve(stages, preset, overrides=overrides)[1], overwrite, progress)
 
 
 def run_configs(run_dir: str | Path, configs: dict, overwrite: bool = False,

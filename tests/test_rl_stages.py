@@ -199,7 +199,7 @@ def test_cispo_clips_its_importance_weight_at_trls_recommended_bound(rl_run, tmp
                          answers=[t["answer"] for t in tasks])
 
     def trainer(loss_type, folder):
-        work = lifecycle.Work(folder, tmp_path, runs.LogWriter(folder / "log.jsonl"), False, False, False, Rejects())
+        work = lifecycle.Work(folder, tmp_path, runs.LogWriter(folder / "log.jsonl"), False, False, False)
         return grpo.build_trainer(grpo.config_for("smoke", reward="verifier", loss_type=loss_type), rl, work)[0]
 
     cispo = trainer("cispo", tmp_path / "cispo")

@@ -10,20 +10,16 @@ methods: `llmkit.rl.trl_stage`.
 
 from __future__ import annotations
 
-from transformers import AutoTokenizer
 from trl import KTOConfig as TRLConfig
 from trl import KTOTrainer
 
 from llmkit import lifecycle
-from llmkit.chat_format import fit_pairs
 from llmkit.options.kto import PRESETS, KTOConfig, config_for
 from llmkit.rl import inputs, trl_stage
 
 
 def train(config: KTOConfig, rl: inputs.RLInputs, work: lifecycle.Work) -> dict:
-    tokenizer = AutoTokenizer.from_pretrained(rl.policy_dir, local_files_only=True)
-    rows = unpaired(fit_pairs(tokenizer, rl.pairs))
-    trainer, tokenizer = trl_stage.pairs_trainer(KTOTrainer, TRLConfig, config, rl, work, rows)
+    trainer, tokenizer = trl_stage.pairs_trainer(KTOTrainer, TRLConfig, config, rl, work, unpaired)
     return trl_stage.train(trainer, tokenizer, config, work)
 
 

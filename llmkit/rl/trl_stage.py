@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
 from llmkit import runs, training
 from llmkit.chat_format import fit_pairs
@@ -87,14 +87,6 @@ def arguments(config, work, **specific) -> dict:
 
 
 # ---- the methods that sample ------------------------------------------------------------------------
-def fit_prompts(config, policy_dir: Path, prompts: list) -> tuple[list, int]:
-    """(the prompts, how many were cut): TRL 1.16 does not cut prompts, so those too long for the policy's context
-    beside an answer lose their oldest turns (`llmkit.generation.fit_messages`)."""
-    context = context_length(AutoConfig.from_pretrained(policy_dir, local_files_only=True))
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir, local_files_only=True)
-    return fit_messages(tokenizer, prompts, context - min(config.max_new_tokens, context // 2))
-
-
 def reward_functions(config, rm_dir: Path | None, closed_world: bool) -> tuple[list, list[float]]:
     """(TRL reward functions, their weights) for `config.reward`. Each function is named as TRL logs it
     (rewards/<name>/mean): reward_model, verifier, and on the closed world oracle, with weight 0 — watched, not
@@ -126,16 +118,20 @@ def reward_functions(config, rm_dir: Path | None, closed_world: bool) -> tuple[l
 
 
 def sampling_trainer(trainer_class: type, trl_config: type, config, inputs, work, **specific):
-    """(a GRPO or RLOO trainer on the policy, its tokenizer, how many prompts were cut to fit the context)."""
-    prompts, cut = fit_prompts(config, inputs.policy_dir, inputs.prompts)
+    """(a GRPO or RLOO trainer on the policy, its tokenizer, how many prompts were cut to fit the context). TRL 1.16
+    does not cut prompts, so those too long for the policy's context beside an answer lose their oldest turns
+    (`llmkit.generation.fit_messages`)."""
     tokenizer = AutoTokenizer.from_pretrained(inputs.policy_dir, local_files_only=True)
     policy = load_causal_lm(inputs.policy_dir)
+    context = context_length(policy)
+    answer = min(config.max_new_tokens, context // 2)
+    prompts, cut = fit_messages(tokenizer, inputs.prompts, context - answer)
     funcs, weights = reward_functions(config, inputs.rm_dir, work.closed_world)
     rows = [{"prompt": as_messages(p)} for p in prompts]
     if inputs.answers is not None:
         rows = [{**row, "answer": a} for row, a in zip(rows, inputs.answers)]
     args = arguments(config, work, num_generations=config.num_generations, reward_weights=weights,
-                     max_completion_length=min(config.max_new_tokens, context_length(policy) // 2),
+                     max_completion_length=answer,
                      temperature=config.temperature, beta=config.beta, **specific)
     trainer = trainer_class(model=policy, reward_funcs=funcs, args=trl_config(**args),
                             train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
@@ -143,10 +139,11 @@ def sampling_trainer(trainer_class: type, trl_config: type, config, inputs, work
 
 
 # ---- the methods that learn from pairs ----------------------------------------------------------------
-def pairs_trainer(trainer_class: type, trl_config: type, config, inputs, work, rows=None, **specific):
-    """(a DPO, KTO or ORPO trainer on the policy and the pairs — or on `rows` made from them —, its tokenizer)."""
+def pairs_trainer(trainer_class: type, trl_config: type, config, inputs, work, make_rows=list, **specific):
+    """(a DPO, KTO or ORPO trainer on the policy and the pairs — or on the rows `make_rows` makes of them —, its
+    tokenizer)."""
     tokenizer = AutoTokenizer.from_pretrained(inputs.policy_dir, local_files_only=True)
-    rows = fit_pairs(tokenizer, inputs.pairs) if rows is None else rows
+    rows = make_rows(fit_pairs(tokenizer, inputs.pairs))
     args = arguments(config, work, beta=config.beta, max_length=config.max_length, **specific)
     trainer = trainer_class(model=load_causal_lm(inputs.policy_dir), args=trl_config(**args),
                             train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
